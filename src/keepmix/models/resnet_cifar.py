@@ -1,0 +1,73 @@
+"""ResNet-18 for 32×32 inputs, as in the Cutout and KeepAugment CIFAR code.
+
+A 3×3 stride-1 stem (no max-pool), four stages of two BasicBlocks with 64, 128,
+256 and 512 channels (strides 1, 2, 2, 2), global average pooling and a linear
+classifier: 11.2 M parameters for 10 classes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .base import ClassifierModel
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(ClassifierModel):
+    """CIFAR-style ResNet built from BasicBlocks; ``widths`` and ``blocks`` give each stage."""
+
+    def __init__(self, num_classes: int = 10, blocks=(2, 2, 2, 2), widths=(64, 128, 256, 512),
+                 in_channels: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        stages = []
+        in_planes = widths[0]
+        for i, (n, width) in enumerate(zip(blocks, widths)):
+            layers = []
+            for j in range(n):
+                layers.append(BasicBlock(in_planes, width, stride=(1 if i == 0 or j > 0 else 2)))
+                in_planes = width
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.ModuleList(stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(in_planes, num_classes)
+        self.num_features = in_planes
+
+    @property
+    def first_block(self) -> nn.Module:
+        return self.stages[0]
+
+    def hidden_blocks(self):
+        return [self.stem, *self.stages]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+
+def resnet18_cifar(num_classes: int = 10, **kwargs) -> CifarResNet:
+    return CifarResNet(num_classes, blocks=(2, 2, 2, 2), widths=(64, 128, 256, 512), **kwargs)
