@@ -1,0 +1,316 @@
+"""KeepAugment (Gong et al., CVPR 2021): augment, but keep what carries the label.
+
+Each op scores every candidate window of an image by its summed saliency
+(:mod:`keepmix.regions`), thresholds at the per-image τ-quantile of those
+scores, and
+
+* **selective cut** — :class:`KeepCutout`, :class:`KeepRandomErasing`,
+  :class:`KeepCutMix`: cuts a window drawn uniformly among those scoring
+  *below* the threshold (Eq. 2: x̃ = (1 − M(S)) ⊙ x, or another fill);
+* **selective paste** — :class:`SelectivePaste`: applies an image-level
+  transform, then pastes back from the original a window drawn uniformly among
+  those scoring *above* it (Eq. 3: x̃ = M(S) ⊙ x + (1 − M(S)) ⊙ A(x)).
+
+Candidate windows are the paper's full h×w windows inside the image by
+default; ``clip=True`` (KeepCutout, SelectivePaste) uses Cutout-style boxes
+centred on any pixel and clipped to the image instead.
+
+Saliency comes from ``saliency=``: a model (KeepAugment's
+``max_c |∂ℓ_y/∂x|``; ``scale=0.5`` for the low-resolution variant), an
+:class:`~keepmix.saliency.EarlyHead`, ``"spectral"``, any callable
+``(images, targets) -> B×H×W``, or maps passed per call as ``saliency_maps=``.
+
+``last_stats`` after a call: ``fallback`` (B,) bool — no window was strictly
+on the right side of the threshold (flat map, τ = 0 cut, τ = 1 paste), so the
+window was drawn among those at the threshold; ``saliency_kept`` (B,) — the
+share of each image's saliency mass left intact (cut) or pasted back (paste).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+
+from . import _random
+from ._checks import SizeLike, check_positive, check_probability, check_range, check_size
+from .mix import mix_targets
+from .pairing import check_pairing, pair
+from .protocol import Batch, Op, restore_dtype, to_float
+from .regions import (box_masks, centred_window_scores, quantile_threshold, sample_windows, window_scores,
+                      window_scores_per_image)
+from .saliency import as_source, compute_maps, normalize_sum
+
+
+def _mass_share(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ_{mask} s / Σ s per image (1/2-free: flat zero maps count as uniform)."""
+    s = normalize_sum(maps)
+    return (s * mask).sum(dim=(1, 2))
+
+
+def _fill_values(value, images: torch.Tensor, mask: torch.Tensor, generator) -> torch.Tensor:
+    """The values written into erased pixels, broadcastable to images (float work dtype)."""
+    if isinstance(value, str):  # "random": N(0, 1) per pixel (normalised images) or U{0..255} (uint8)
+        if images.dtype == torch.uint8:
+            return _random.randint(0, 256, images.shape, images.device, generator).float()
+        return _random.randn(images.shape, images.device, generator).to(to_float(images).dtype)
+    fill = torch.as_tensor(value, dtype=torch.float32, device=images.device)
+    return fill.view(1, -1, 1, 1) if fill.ndim == 1 else fill
+
+
+def _check_value(value):
+    if isinstance(value, str):
+        if value != "random":
+            raise ValueError(f"value must be a number, a per-channel sequence or 'random', got {value!r}")
+        return value
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    try:
+        values = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"value must be a number, a per-channel sequence or 'random', got {value!r}") from None
+    return values
+
+
+def _erase(images: torch.Tensor, mask: torch.Tensor, value, generator) -> torch.Tensor:
+    x = to_float(images)
+    fill = _fill_values(value, images, mask, generator).to(x.dtype)
+    out = torch.where(mask.unsqueeze(1), fill, x)
+    return restore_dtype(out, images)
+
+
+class _SelectiveWindow(Op):
+    """Shared plumbing: saliency source, τ, window size and candidate layout."""
+
+    def __init__(self, size: SizeLike, tau: float, saliency, clip: bool, scale: float,
+                 generator: Optional[torch.Generator]):
+        super().__init__(generator)
+        self.size = check_size(size)
+        self.tau = check_probability(tau, "tau")
+        self.clip = bool(clip)
+        self.saliency = as_source(saliency, reduce="max", scale=check_positive(scale, "scale"))
+
+    def _window(self, images, targets, saliency_maps, below: bool):
+        """Maps, then a window per image; returns (mask B×H×W, maps, fallback)."""
+        maps = compute_maps(self.saliency, images, targets, saliency_maps, type(self).__name__)
+        height, width = maps.shape[-2:]
+        h, w = self.size
+        if self.clip:
+            scores = centred_window_scores(maps, (h, w))
+            picked = sample_windows(scores, quantile_threshold(scores, self.tau), below, self.generator)
+            top, left = picked.top - h // 2, picked.left - w // 2
+        else:
+            if h > height or w > width:
+                raise ValueError(f"size {self.size} must fit inside the {height}×{width} images (or use clip=True)")
+            scores = window_scores(maps, (h, w))
+            picked = sample_windows(scores, quantile_threshold(scores, self.tau), below, self.generator)
+            top, left = picked.top, picked.left
+        return box_masks(top, left, h, w, (height, width)), maps, picked.fallback
+
+
+class KeepCutout(_SelectiveWindow):
+    """Cutout that never cuts the salient part: a window below the τ-quantile is zeroed.
+
+    Args:
+        size: window side h or (h, w) (16 on CIFAR in the paper).
+        tau: quantile in [0, 1] (0.6 in every experiment of the paper).
+        saliency: saliency source (see the module docstring), or None to pass
+            ``saliency_maps=`` at each call.
+        p: probability of cutting each image (1.0 = always, as Cutout).
+        value: fill (0.0 — the mean of normalised images — as Cutout).
+        clip: Cutout-style boxes centred anywhere and clipped, instead of full windows.
+        scale: resolution factor for gradient saliency from a model (0.5: low-resolution KeepAugment).
+        generator: optional ``torch.Generator``.
+
+    Labels are unchanged. Example::
+
+        keep = KeepCutout(16, tau=0.6, saliency=model, scale=0.5)
+        x, y = keep(x, y)                 # then the usual loss
+    """
+
+    def __init__(self, size: SizeLike = 16, tau: float = 0.6, saliency=None, *, p: float = 1.0,
+                 value: Union[float, Tuple[float, ...], str] = 0.0, clip: bool = False, scale: float = 1.0,
+                 generator: Optional[torch.Generator] = None):
+        super().__init__(size, tau, saliency, clip, scale, generator)
+        self.p = check_probability(p, "p")
+        self.value = _check_value(value)
+
+    def _repr_fields(self):
+        return {"size": self.size, "tau": self.tau, "p": self.p, "clip": self.clip, "saliency": self.saliency}
+
+    def apply(self, images, targets, saliency_maps: Optional[torch.Tensor] = None) -> Batch:
+        mask, maps, fallback = self._window(images, targets, saliency_maps, below=True)
+        if self.p < 1:
+            mask = mask & (_random.rand((images.shape[0],), images.device, self.generator) < self.p).view(-1, 1, 1)
+        self.last_stats = {"fallback": fallback, "saliency_kept": 1.0 - _mass_share(maps, mask)}
+        return _erase(images, mask, self.value, self.generator), targets
+
+
+def _random_erasing_boxes(batch: int, height: int, width: int, scale, ratio, attempts: int, device, generator):
+    """Per-image (h, w, found): the first of ``attempts`` (area, aspect) draws that fits.
+
+    Area ∈ U(scale)·HW and aspect r ∈ U(ratio) as in Zhong et al.'s Algorithm 1;
+    h = round(√(area·r)), w = round(√(area/r)); a draw fits when 1 ≤ h < H and 1 ≤ w < W.
+    """
+    area = (scale[0] + (scale[1] - scale[0]) * _random.rand((batch, attempts), device, generator)) * height * width
+    aspect = ratio[0] + (ratio[1] - ratio[0]) * _random.rand((batch, attempts), device, generator)
+    h = torch.sqrt(area * aspect).round().long()
+    w = torch.sqrt(area / aspect).round().long()
+    fits = (h >= 1) & (h < height) & (w >= 1) & (w < width)
+    found = fits.any(dim=1)
+    first = fits.long().argmax(dim=1, keepdim=True)  # first fitting attempt (0 if none)
+    h = h.gather(1, first).squeeze(1).clamp(1, height)
+    w = w.gather(1, first).squeeze(1).clamp(1, width)
+    return h, w, found
+
+
+class KeepRandomErasing(Op):
+    """Random Erasing (Zhong et al.) with selective cut: the erased rectangle avoids salient regions.
+
+    Each image, with probability ``p``, draws up to ``attempts`` (area, aspect)
+    pairs — area fraction ∈ U(``scale``), aspect ∈ U(``ratio``) — and keeps the first
+    rectangle that fits; its position is then drawn uniformly among the positions
+    whose window scores below the image's τ-quantile (of all positions for that
+    rectangle size). Pixels are filled with ``value``: ``"random"`` (default;
+    N(0, 1) per pixel for float images, U{0..255} for uint8), a number, or per-channel values.
+    Labels are unchanged. ``last_stats``: ``fallback``, ``saliency_kept``, ``erased`` (B,) bool.
+    """
+
+    def __init__(self, p: float = 0.5, scale: Tuple[float, float] = (0.02, 0.4),
+                 ratio: Tuple[float, float] = (0.3, 3.3), value="random", tau: float = 0.6, saliency=None, *,
+                 attempts: int = 10, saliency_scale: float = 1.0, generator: Optional[torch.Generator] = None):
+        super().__init__(generator)
+        self.p = check_probability(p, "p")
+        self.scale = check_range(scale, "scale", low=0.0, high=1.0)
+        self.ratio = check_range(ratio, "ratio", low=1e-6, high=1e6)
+        self.value = _check_value(value)
+        self.tau = check_probability(tau, "tau")
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(f"attempts must be a positive int, got {attempts!r}")
+        self.attempts = attempts
+        self.saliency = as_source(saliency, reduce="max", scale=check_positive(saliency_scale, "saliency_scale"))
+
+    def _repr_fields(self):
+        return {"p": self.p, "scale": self.scale, "ratio": self.ratio, "value": self.value, "tau": self.tau}
+
+    def apply(self, images, targets, saliency_maps: Optional[torch.Tensor] = None) -> Batch:
+        maps = compute_maps(self.saliency, images, targets, saliency_maps, type(self).__name__)
+        batch, height, width = maps.shape
+        h, w, found = _random_erasing_boxes(batch, height, width, self.scale, self.ratio, self.attempts,
+                                            images.device, self.generator)
+        erase = found & (_random.rand((batch,), images.device, self.generator) < self.p)
+        scores, valid = window_scores_per_image(maps, h, w)
+        picked = sample_windows(scores, quantile_threshold(scores, self.tau, valid), True, self.generator, valid)
+        mask = box_masks(picked.top, picked.left, h, w, (height, width)) & erase.view(-1, 1, 1)
+        self.last_stats = {"fallback": picked.fallback & erase, "saliency_kept": 1.0 - _mass_share(maps, mask),
+                           "erased": erase}
+        return _erase(images, mask, self.value, self.generator), targets
+
+
+class KeepCutMix(Op):
+    """CutMix (Yun et al.) with selective cut: the region replaced in x_i avoids x_i's salient part.
+
+    Per image: λ ~ Beta(α, α); a window of h = round(H√(1−λ)) × w = round(W√(1−λ))
+    is placed uniformly among the positions scoring below the τ-quantile of x_i's
+    window scores, and filled with the same region of the partner x_{p(i)}. The label
+    weight is the area actually kept, λ_i = 1 − hw/(HW), and ỹ_i = λ_i y_i + (1 − λ_i) y_{p(i)}.
+    With probability 1 − ``prob`` an image is left whole (λ_i = 1).
+
+    Args:
+        num_classes: K, needed for class-index targets.
+        alpha: Beta parameter (1.0 as CutMix).
+        tau: quantile for the selective cut.
+        saliency: saliency source of the images being cut.
+        pairing: ``"random"`` (default, a derangement), ``"greedy"`` (GuidedMixup's
+            pairing on the blurred, normalised maps) or a callable.
+        prob: per-image probability of mixing.
+
+    Returns soft targets B×K float32; train with
+    :func:`keepmix.losses.soft_target_cross_entropy`. ``last_stats``: ``lam``,
+    ``fallback``, ``saliency_kept``.
+    """
+
+    mixes_labels = True
+
+    def __init__(self, num_classes: Optional[int] = None, alpha: float = 1.0, tau: float = 0.6, saliency=None, *,
+                 pairing="random", prob: float = 1.0, scale: float = 1.0,
+                 generator: Optional[torch.Generator] = None):
+        super().__init__(generator)
+        self.num_classes = num_classes
+        self.alpha = check_positive(alpha, "alpha")
+        self.tau = check_probability(tau, "tau")
+        self.pairing = check_pairing(pairing)
+        self.prob = check_probability(prob, "prob")
+        self.saliency = as_source(saliency, reduce="max", scale=check_positive(scale, "scale"))
+
+    def _repr_fields(self):
+        return {"num_classes": self.num_classes, "alpha": self.alpha, "tau": self.tau, "pairing": self.pairing}
+
+    def apply(self, images, targets, saliency_maps: Optional[torch.Tensor] = None) -> Batch:
+        if targets is None:
+            raise ValueError("KeepCutMix mixes labels: targets are required")
+        maps = compute_maps(self.saliency, images, targets, saliency_maps, type(self).__name__)
+        batch, height, width = maps.shape
+        device = images.device
+        lam = _random.beta(self.alpha, self.alpha, (batch,), device, self.generator)
+        cut = torch.sqrt(1.0 - lam)
+        h = (cut * height).round().long()
+        w = (cut * width).round().long()
+        active = (h > 0) & (w > 0) & (_random.rand((batch,), device, self.generator) < self.prob)
+        if batch < 2:
+            active = torch.zeros_like(active)
+        h_safe, w_safe = h.clamp(1, height), w.clamp(1, width)
+        scores, valid = window_scores_per_image(maps, h_safe, w_safe)
+        picked = sample_windows(scores, quantile_threshold(scores, self.tau, valid), True, self.generator, valid)
+        mask = box_masks(picked.top, picked.left, h_safe, w_safe, (height, width)) & active.view(-1, 1, 1)
+        partner = pair(self.pairing, batch, device, normalize_sum(maps) if self.pairing == "greedy" else maps,
+                       self.generator)
+        kept = 1.0 - mask.float().mean(dim=(1, 2))
+        x = to_float(images)
+        mixed = torch.where(mask.unsqueeze(1), x.index_select(0, partner), x)
+        self.last_stats = {"lam": kept, "fallback": picked.fallback & active,
+                           "saliency_kept": 1.0 - _mass_share(maps, mask)}
+        return restore_dtype(mixed, images), mix_targets(targets, partner, kept, self.num_classes)
+
+
+BatchTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class SelectivePaste(_SelectiveWindow):
+    """Selective paste: x̃ = M(S) ⊙ x + (1 − M(S)) ⊙ A(x), S drawn above the τ-quantile.
+
+    ``transform`` is any image-level batch transform: a keepmix op (called as
+    ``op(images, targets)``; its targets are returned) or a plain callable
+    ``images -> images`` of the same shape. Saliency is computed on the original
+    images; the window (16 on CIFAR, 40 on ImageNet in the paper) is drawn
+    uniformly among those scoring above the per-image τ-quantile and pasted back
+    from the original. With a policy such as AutoAugment this is KeepAutoAugment.
+
+    Note: when the transform works on un-normalised images (uint8 or [0, 1]) and
+    the saliency source is a model that expects normalised input, pass the maps
+    (``saliency_maps=``) or a source that normalises first.
+    """
+
+    def __init__(self, transform: Union[Op, BatchTransform], size: SizeLike = 16, tau: float = 0.6, saliency=None,
+                 *, clip: bool = False, scale: float = 1.0, generator: Optional[torch.Generator] = None):
+        super().__init__(size, tau, saliency, clip, scale, generator)
+        if not callable(transform):
+            raise TypeError(f"transform must be a keepmix op or a callable images -> images, "
+                            f"got {type(transform).__name__}")
+        self.transform = transform
+
+    def _repr_fields(self):
+        return {"transform": self.transform, "size": self.size, "tau": self.tau, "saliency": self.saliency}
+
+    def apply(self, images, targets, saliency_maps: Optional[torch.Tensor] = None) -> Batch:
+        mask, maps, fallback = self._window(images, targets, saliency_maps, below=False)
+        if isinstance(self.transform, Op):
+            augmented, targets = self.transform(images, targets)
+        else:
+            augmented = self.transform(images)
+        if not isinstance(augmented, torch.Tensor) or augmented.shape != images.shape:
+            raise ValueError("transform must return images of the input's shape")
+        self.last_stats = {"fallback": fallback, "saliency_kept": _mass_share(maps, mask)}
+        out = torch.where(mask.unsqueeze(1), images.to(augmented.dtype), augmented)
+        return out, targets

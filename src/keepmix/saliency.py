@@ -1,0 +1,531 @@
+"""Saliency maps: where in an image the label lives.
+
+Every map function takes a float batch B×C×H×W and returns float32 maps B×H×W,
+non-negative, on the batch's device.
+
+* :func:`gradient` — vanilla-gradient saliency (Simonyan et al.), in
+  KeepAugment's form ``max_c |∂ℓ_y/∂x_c|`` (``reduce="max"``, ℓ_y the label
+  logit) or GuidedMixup-AP / PuzzleMix's ``sqrt(mean_c (∂CE/∂x_c)²)``
+  (``reduce="rms"``); ``scale < 1`` computes it on a bicubic-downsampled copy.
+* :func:`spectral_residual` — GuidedMixup-SR's spectral residual (Hou & Zhang,
+  in the GuidedMixup variant), no model pass.
+* :class:`EarlyHead` — KeepAugment's early head: pooling + linear classifier on
+  the first block's output, an auxiliary loss for training, and saliency
+  through that shallow path only.
+* :func:`gaussian_blur`, :func:`normalize_sum` — the post-processing
+  GuidedMixup applies before pairing and masking.
+
+Saliency *sources* (:class:`GradientSaliency`, :class:`SpectralSaliency`,
+:class:`EarlyHeadSaliency`) wrap these as callables ``source(images, targets)
+-> maps`` that the ops take.
+
+**How a model is treated.** A saliency pass leaves the model exactly as it
+found it — parameters, buffers, the train/eval flag of every submodule and every
+``requires_grad`` flag. Only the input gradient is requested
+(``torch.autograd.grad`` w.r.t. the input), so no parameter ``.grad`` is
+written. BatchNorm: by default (``bn="eval"``) the pass runs the whole model
+in eval mode, so normalisation uses the running statistics, dropout is off, and
+each image's map depends on that image alone (as PuzzleMix does; the official
+GuidedMixup code instead runs in train mode and corrupts the running
+statistics). ``bn="train"`` keeps the model's own modes (batch statistics)
+and restores every buffer afterwards, so the running statistics are untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ._checks import check_images, check_maps, check_positive, check_targets, input_checks_enabled
+
+SaliencySource = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # the grayscale weights of the GuidedMixup SR code
+
+
+# --------------------------------------------------------------------------- model state
+
+
+class _PreservedModel:
+    """Context manager that snapshots what a saliency pass could change and restores it.
+
+    Snapshot: the ``training`` flag of every submodule, every parameter's
+    ``requires_grad`` and, for ``bn="train"``, a copy of every buffer.
+    """
+
+    def __init__(self, model: nn.Module, bn: str):
+        self.model = model
+        self.bn = bn
+
+    def __enter__(self):
+        modules = list(self.model.modules())
+        self.modes = [m.training for m in modules]
+        self.flags = [p.requires_grad for p in self.model.parameters()]
+        self.buffers = None
+        if self.bn == "eval":
+            self.model.eval()
+        else:
+            self.buffers = [b.detach().clone() for b in self.model.buffers()]
+        return self
+
+    def __exit__(self, *exc):
+        for m, mode in zip(self.model.modules(), self.modes):
+            m.training = mode
+        for p, flag in zip(self.model.parameters(), self.flags):
+            p.requires_grad_(flag)
+        if self.buffers is not None:
+            with torch.no_grad():
+                for b, saved in zip(self.model.buffers(), self.buffers):
+                    b.copy_(saved)
+        return False
+
+
+def _check_bn(bn: str) -> str:
+    if bn not in ("eval", "train"):
+        raise ValueError(f"bn must be 'eval' or 'train', got {bn!r}")
+    return bn
+
+
+def _check_reduce(reduce: str) -> str:
+    if reduce not in ("max", "rms"):
+        raise ValueError(f"reduce must be 'max' (KeepAugment) or 'rms' (GuidedMixup-AP), got {reduce!r}")
+    return reduce
+
+
+def _model_dtype(model: nn.Module, fallback: torch.dtype) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return fallback
+
+
+def _objective(logits: torch.Tensor, targets: Optional[torch.Tensor], reduce: str) -> torch.Tensor:
+    """The scalar whose input gradient is the saliency.
+
+    ``max``: Σ_b ℓ_{b, y_b} (label logit; soft targets weight the logits).
+    ``rms``: Σ_b CE(logits_b, y_b). Summing over the batch keeps each image's
+    gradient its own (eval-mode passes do not couple samples).
+    ``targets=None`` uses the predicted class (the max logit), for unlabeled data.
+    """
+    logits = logits.float()
+    if targets is None:
+        targets = logits.detach().argmax(dim=1)
+    if targets.ndim == 2:
+        if targets.shape[1] != logits.shape[1]:
+            raise ValueError(f"targets has {targets.shape[1]} classes but the model outputs {logits.shape[1]}")
+        soft = targets.to(logits.dtype)
+        if reduce == "max":
+            return (logits * soft).sum()
+        return -(soft * F.log_softmax(logits, dim=1)).sum()
+    # the range check reads a value back (a sync), so it runs with the input-checks switch
+    if input_checks_enabled() and bool(((targets < 0) | (targets >= logits.shape[1])).any()):
+        raise ValueError(f"targets must be class indices in [0, {logits.shape[1]})")
+    if reduce == "max":
+        return logits.gather(1, targets.long().view(-1, 1)).sum()
+    return F.cross_entropy(logits, targets.long(), reduction="sum")
+
+
+def _reduce_channels(grad: torch.Tensor, reduce: str) -> torch.Tensor:
+    if reduce == "max":
+        return grad.abs().amax(dim=1)
+    return grad.pow(2).mean(dim=1).sqrt()
+
+
+def _resize_maps(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    # bilinear keeps the map non-negative (bicubic would overshoot below 0)
+    return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+
+
+def _downsample(images: torch.Tensor, scale: float) -> torch.Tensor:
+    h, w = images.shape[-2:]
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if size == (h, w):
+        return images
+    return F.interpolate(images, size=size, mode="bicubic", align_corners=False)
+
+
+# --------------------------------------------------------------------------- gradient saliency
+
+
+def gradient(model: nn.Module, images: torch.Tensor, targets: Optional[torch.Tensor] = None, *,
+             reduce: str = "max", scale: float = 1.0, bn: str = "eval") -> torch.Tensor:
+    """Vanilla-gradient saliency of ``model`` at ``images``.
+
+    .. math::
+        g_{ij} = \\max_c |∂ℓ_y(x)/∂x_{cij}|                 \\quad (reduce="max", KeepAugment)
+        g_{ij} = \\sqrt{\\tfrac{1}{C}\\sum_c (∂CE(x, y)/∂x_{cij})^2} \\quad (reduce="rms", GuidedMixup-AP)
+
+    Args:
+        model: classifier mapping B×C×H×W to logits B×K. Left exactly as found.
+        images: float B×C×H×W, normalised as the model expects. uint8 is rejected
+            (the model needs the normalised input).
+        targets: class indices (B,), soft targets (B×K), or ``None`` for the
+            predicted class.
+        reduce: ``"max"`` or ``"rms"`` (see above).
+        scale: in (0, 1]. Below 1 the gradient is taken on a bicubic-downsampled
+            copy of size round(H·scale)×round(W·scale) and the map is resized
+            back to H×W bilinearly (KeepAugment's low-resolution speed-up).
+        bn: ``"eval"`` (default) or ``"train"``; see the module docstring.
+
+    Returns:
+        float32 maps B×H×W, ≥ 0.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_images(images, allow_uint8=False)
+    if targets is not None:
+        check_targets(targets, images.shape[0])
+    reduce = _check_reduce(reduce)
+    bn = _check_bn(bn)
+    scale = check_positive(scale, "scale")
+    if scale > 1:
+        raise ValueError(f"scale must be in (0, 1], got {scale}")
+    height, width = images.shape[-2:]
+    x = _downsample(images.detach(), scale) if scale < 1 else images.detach()
+    x = x.to(_model_dtype(model, x.dtype)).requires_grad_(True)
+    with _PreservedModel(model, bn), torch.enable_grad():
+        logits = model(x)
+        if logits.ndim != 2 or logits.shape[0] != images.shape[0]:
+            raise ValueError(f"model must return logits of shape B×K, got {tuple(logits.shape)}")
+        (grad,) = torch.autograd.grad(_objective(logits, targets, reduce), x)
+    maps = _reduce_channels(grad.float(), reduce)
+    return _resize_maps(maps, (height, width))
+
+
+# --------------------------------------------------------------------------- spectral residual
+
+
+def _box3_replicate(x: torch.Tensor) -> torch.Tensor:
+    """3×3 mean filter with replicate padding on B×H×W."""
+    padded = F.pad(x.unsqueeze(1), (1, 1, 1, 1), mode="replicate")
+    return F.avg_pool2d(padded, 3, stride=1).squeeze(1)
+
+
+def spectral_residual(images: torch.Tensor, *, max_size: int = 128, blur: Optional[Tuple[int, float]] = (7, 3.0)
+                      ) -> torch.Tensor:
+    """Spectral-residual saliency, the GuidedMixup-SR variant, batched with ``torch.fft``.
+
+    Steps (B×3×H×W in, B×H×W out):
+
+    1. gray = 0.2989 R + 0.587 G + 0.114 B (a single channel is used as is);
+    2. if H > ``max_size`` (128), resize bilinearly to 128×128, and resize the
+       map back to H×W at the end;
+    3. F = fft2(gray) (not shifted); A = sqrt(Re² + Im² + 1e-10);
+    4. R = exp(log A − box₃ₓ₃(log A)), the 3×3 mean filter with replicate padding;
+    5. S = |ifft2(R · F / A)| (the magnitude, not squared as in Hou & Zhang);
+    6. Gaussian blur (kernel 7, σ 3, reflect padding); ``blur=None`` skips it.
+
+    The result does not depend on the intensity scale, so uint8 input is
+    accepted (converted to float). Computed in float32 (float64 input stays float64).
+    """
+    check_images(images, allow_uint8=True)
+    if images.shape[1] not in (1, 3):
+        raise ValueError(f"images must have 1 or 3 channels for spectral_residual, got {images.shape[1]}")
+    x = images.float() if images.dtype != torch.float64 else images
+    if x.shape[1] == 3:
+        w = torch.tensor(GRAY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        gray = (x * w).sum(dim=1)
+    else:
+        gray = x[:, 0]
+    height, width = gray.shape[-2:]
+    resized = height > max_size
+    if resized:
+        gray = F.interpolate(gray.unsqueeze(1), size=(max_size, max_size), mode="bilinear",
+                             align_corners=False).squeeze(1)
+    spectrum = torch.fft.fft2(gray)
+    amplitude = torch.sqrt(spectrum.real ** 2 + spectrum.imag ** 2 + 1e-10)
+    log_amp = torch.log(amplitude)
+    residual = torch.exp(log_amp - _box3_replicate(log_amp))
+    saliency = torch.fft.ifft2(residual * spectrum / amplitude).abs()
+    if resized:
+        saliency = _resize_maps(saliency, (height, width))
+    if blur is not None:
+        saliency = gaussian_blur(saliency, *blur)
+    return saliency.float() if images.dtype != torch.float64 else saliency
+
+
+# --------------------------------------------------------------------------- post-processing
+
+
+def gaussian_kernel1d(kernel_size: int, sigma: float, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Normalised 1-d Gaussian taps exp(−x²/2σ²), x = −(k−1)/2 … (k−1)/2."""
+    half = (kernel_size - 1) / 2.0
+    x = torch.arange(kernel_size, device=device, dtype=torch.float64) - half
+    taps = torch.exp(-(x ** 2) / (2.0 * sigma ** 2))
+    return (taps / taps.sum()).to(dtype)
+
+
+def gaussian_blur(maps: torch.Tensor, kernel_size: int = 7, sigma: float = 3.0) -> torch.Tensor:
+    """Separable Gaussian blur of maps B×H×W with reflect padding.
+
+    Reflect padding needs the pad ((k−1)/2) to be smaller than the side; on a
+    side that short the padding falls back to replicate (documented so a 2×2
+    map still has a defined blur). ``kernel_size`` must be odd and positive.
+    """
+    check_maps(maps, "maps")
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
+    sigma = check_positive(sigma, "sigma")
+    if kernel_size == 1:
+        return maps
+    dtype = maps.dtype if maps.dtype in (torch.float32, torch.float64) else torch.float32
+    x = maps.to(dtype).unsqueeze(1)
+    taps = gaussian_kernel1d(kernel_size, sigma, device=maps.device, dtype=dtype)
+    pad = kernel_size // 2
+    h, w = x.shape[-2:]
+    mode_h = "reflect" if h > pad else "replicate"
+    mode_w = "reflect" if w > pad else "replicate"
+    x = F.pad(x, (pad, pad, 0, 0), mode=mode_w)
+    x = F.conv2d(x, taps.view(1, 1, 1, -1))
+    x = F.pad(x, (0, 0, pad, pad), mode=mode_h)
+    x = F.conv2d(x, taps.view(1, 1, -1, 1))
+    return x.squeeze(1).to(maps.dtype)
+
+
+def normalize_sum(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Sum-to-1 normalisation: (s + ε) / Σ (s + ε) per map, after clamping s ≥ 0.
+
+    ε (default 1e-12) is added to every pixel so that every map sums to exactly 1
+    and is strictly positive: an all-zero (flat) map becomes uniform 1/(HW), and
+    the guided mask s_i / (s_i + s_j) is never 0/0. For maps of real images ε is
+    far below float32 resolution of the values and changes nothing.
+    """
+    check_maps(maps, "maps")
+    eps = check_positive(eps, "eps")
+    s = maps.float().clamp_min(0) + eps
+    return s / s.sum(dim=(1, 2), keepdim=True)
+
+
+# --------------------------------------------------------------------------- early head
+
+
+class _StopForward(Exception):
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
+
+
+def _resolve_block(model: nn.Module, block: Union[None, str, nn.Module]) -> nn.Module:
+    if block is None:
+        if not hasattr(model, "first_block"):
+            raise ValueError("block must be given for a model without a `first_block` attribute")
+        block = model.first_block
+    if isinstance(block, str):
+        block = model.get_submodule(block)
+    if not isinstance(block, nn.Module) or not any(m is block for m in model.modules()):
+        raise ValueError("block must be a submodule of model (or its dotted name)")
+    return block
+
+
+def _out_channels(block: nn.Module) -> int:
+    channels = None
+    for m in block.modules():
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
+            channels = m.num_features if hasattr(m, "num_features") else m.num_channels
+        elif isinstance(m, nn.Conv2d):
+            channels = m.out_channels
+    if channels is None:
+        raise ValueError("cannot infer the block's output channels; pass in_channels")
+    return channels
+
+
+class EarlyHead(nn.Module):
+    """KeepAugment's early head: global average pooling + linear classifier after ``block``.
+
+    The head is an ``nn.Module`` of its own; add its parameters to the optimiser
+    (``list(model.parameters()) + list(head.parameters())``). Usage in a
+    training step::
+
+        head = EarlyHead(model, num_classes=10)          # hooks model.first_block
+        logits = model(x)                                # the hook keeps block features
+        loss = criterion(logits, y) + head.loss(y)       # weight 0.3 (the paper's)
+
+    Saliency (:meth:`saliency`) runs the model only up to the block (the rest of
+    the forward is cut short), so it costs a fraction of a full pass.
+
+    Args:
+        model: the classifier.
+        num_classes: K.
+        block: the module (or dotted name) after which the head sits; default
+            ``model.first_block``.
+        in_channels: channels of the block's output; inferred from its last
+            conv/norm layer when omitted.
+        weight: the auxiliary-loss coefficient (0.3 in the paper).
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int, block: Union[None, str, nn.Module] = None,
+                 in_channels: Optional[int] = None, weight: float = 0.3):
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        self.weight = check_positive(weight, "weight", allow_zero=True)
+        block_module = _resolve_block(model, block)
+        channels = in_channels if in_channels is not None else _out_channels(block_module)
+        self.fc = nn.Linear(channels, num_classes)
+        # plain attributes (not submodules): the head must not own the model's parameters
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_block", block_module)
+        self._features: Optional[torch.Tensor] = None
+        self._stop = False
+        self._handle = block_module.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        if self._stop:
+            raise _StopForward(output)
+        if module.training or torch.is_grad_enabled():
+            self._features = output
+        return None
+
+    def remove(self) -> None:
+        """Detach the hook from the model."""
+        self._handle.remove()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits B×K from block features B×C×h×w."""
+        return self.fc(features.float().mean(dim=(2, 3)).to(self.fc.weight.dtype))
+
+    def loss(self, targets: torch.Tensor) -> torch.Tensor:
+        """``weight`` × cross-entropy of the head on the features kept by the last forward.
+
+        Soft targets (B×K) use the soft-target cross-entropy.
+        """
+        if self._features is None:
+            raise RuntimeError("EarlyHead.loss needs a forward pass of the model first")
+        logits = self(self._features)
+        self._features = None
+        if targets.ndim == 2:
+            loss = -(targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+        else:
+            loss = F.cross_entropy(logits.float(), targets)
+        return self.weight * loss
+
+    def block_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Run the model up to the block and return its output (the rest is skipped)."""
+        self._stop = True
+        try:
+            self._model(images)
+        except _StopForward as stop:
+            return stop.output
+        finally:
+            self._stop = False
+        raise RuntimeError("the model's forward never reached the early-head block")
+
+    def saliency(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None, *, reduce: str = "max",
+                 scale: float = 1.0, bn: str = "eval") -> torch.Tensor:
+        """Gradient saliency through stem → block → early head only; same maths as :func:`gradient`.
+
+        Leaves the model and the head exactly as found.
+        """
+        check_images(images, allow_uint8=False)
+        if targets is not None:
+            check_targets(targets, images.shape[0])
+        reduce = _check_reduce(reduce)
+        bn = _check_bn(bn)
+        scale = check_positive(scale, "scale")
+        if scale > 1:
+            raise ValueError(f"scale must be in (0, 1], got {scale}")
+        height, width = images.shape[-2:]
+        x = _downsample(images.detach(), scale) if scale < 1 else images.detach()
+        x = x.to(_model_dtype(self._model, x.dtype)).requires_grad_(True)
+        saved_features = self._features
+        with _PreservedModel(self._model, bn), _PreservedModel(self, bn), torch.enable_grad():
+            logits = self(self.block_features(x))
+            (grad,) = torch.autograd.grad(_objective(logits, targets, reduce), x)
+        self._features = saved_features
+        return _resize_maps(_reduce_channels(grad.float(), reduce), (height, width))
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class GradientSaliency:
+    """Saliency source: :func:`gradient` of ``model`` with fixed options; ``source(images, targets)``."""
+
+    def __init__(self, model: nn.Module, *, reduce: str = "max", scale: float = 1.0, bn: str = "eval"):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.reduce = _check_reduce(reduce)
+        self.scale = check_positive(scale, "scale")
+        if self.scale > 1:
+            raise ValueError(f"scale must be in (0, 1], got {scale}")
+        self.bn = _check_bn(bn)
+
+    def __call__(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return gradient(self.model, images, targets, reduce=self.reduce, scale=self.scale, bn=self.bn)
+
+    def __repr__(self) -> str:
+        return f"GradientSaliency(model={type(self.model).__name__}, reduce={self.reduce!r}, scale={self.scale})"
+
+
+class EarlyHeadSaliency:
+    """Saliency source through an :class:`EarlyHead`."""
+
+    def __init__(self, head: EarlyHead, *, reduce: str = "max", scale: float = 1.0, bn: str = "eval"):
+        if not isinstance(head, EarlyHead):
+            raise TypeError(f"head must be an EarlyHead, got {type(head).__name__}")
+        self.head = head
+        self.reduce = _check_reduce(reduce)
+        self.scale = check_positive(scale, "scale")
+        self.bn = _check_bn(bn)
+
+    def __call__(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.head.saliency(images, targets, reduce=self.reduce, scale=self.scale, bn=self.bn)
+
+    def __repr__(self) -> str:
+        return f"EarlyHeadSaliency(reduce={self.reduce!r}, scale={self.scale})"
+
+
+class SpectralSaliency:
+    """Saliency source: :func:`spectral_residual` (no model; targets ignored)."""
+
+    def __init__(self, *, max_size: int = 128, blur: Optional[Tuple[int, float]] = (7, 3.0)):
+        self.max_size = max_size
+        self.blur = blur
+
+    def __call__(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return spectral_residual(images, max_size=self.max_size, blur=self.blur)
+
+    def __repr__(self) -> str:
+        return "SpectralSaliency()"
+
+
+def as_source(saliency, *, reduce: str = "max", scale: float = 1.0) -> Optional[SaliencySource]:
+    """Turn what an op was given into a source callable.
+
+    ``None`` → no source (maps must be passed at call time); ``"spectral"`` →
+    :class:`SpectralSaliency`; an ``nn.Module`` → :class:`GradientSaliency` of it
+    with ``reduce``/``scale``; an :class:`EarlyHead` → :class:`EarlyHeadSaliency`;
+    any other callable ``(images, targets) -> maps`` is used as is.
+    """
+    if saliency is None or isinstance(saliency, (GradientSaliency, SpectralSaliency, EarlyHeadSaliency)):
+        return saliency
+    if isinstance(saliency, str):
+        if saliency in ("spectral", "sr"):
+            return SpectralSaliency()
+        raise ValueError(f"saliency given as a string must be 'spectral', got {saliency!r}")
+    if isinstance(saliency, EarlyHead):
+        return EarlyHeadSaliency(saliency, reduce=reduce, scale=scale)
+    if isinstance(saliency, nn.Module):
+        return GradientSaliency(saliency, reduce=reduce, scale=scale)
+    if callable(saliency):
+        return saliency
+    raise TypeError("saliency must be None, 'spectral', an nn.Module, an EarlyHead or a callable "
+                    f"(images, targets) -> B×H×W maps, got {type(saliency).__name__}")
+
+
+def compute_maps(source: Optional[SaliencySource], images: torch.Tensor, targets: Optional[torch.Tensor],
+                 maps: Optional[torch.Tensor], op_name: str) -> torch.Tensor:
+    """Maps for an op call: the precomputed ``maps`` if given, else ``source(images, targets)``; validated."""
+    if maps is None:
+        if source is None:
+            raise ValueError(f"{op_name} has no saliency source: pass saliency= to the constructor "
+                             "or precomputed maps as saliency_maps= to the call")
+        maps = source(images, targets)
+    check_maps(maps, "saliency_maps", batch=images.shape[0], size=tuple(images.shape[-2:]))
+    return maps.float()
