@@ -1,0 +1,31 @@
+# Set-up and main commands. `make train` and `make test` each create the virtual
+# environment on first use (.venv, with torch pinned to the machine's build).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install train test bench show clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+train: install
+	$(BIN)/keepmix train
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/overhead.py
+
+show: install
+	$(BIN)/keepmix show
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,188 @@
+"""Overhead benchmark: each op's time as a ratio of one training step on the same batch.
+
+For each batch size, one process measures
+
+* the reference: one training step of the CIFAR ResNet-18 (forward, backward,
+  SGD step) on a B×3×32×32 batch;
+* each op on the same batch, the same model, the same device;
+
+and prints ``op time / step time``. Ratios, not seconds, are what carry over
+between machines. Times are medians of repeated runs after warm-up, with a
+device synchronisation around each run on accelerators.
+
+Run: ``python benchmarks/overhead.py`` or ``keepmix bench`` (``--help`` for options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import saliency as sal
+from .keep import KeepCutMix, KeepCutout, SelectivePaste
+from .mix import GuidedMixup
+from .models import resnet18_cifar
+from .pairing import greedy_pairing, saliency_distance
+
+TARGETS = {  # issue targets at batch 64 (ratio to a training step)
+    "GuidedMixup-SR (greedy), end to end": 0.02,
+    "KeepCutout selection given saliency": 0.01,
+    "gradient saliency, full resolution": 0.75,
+    "gradient saliency, half resolution": 0.30,
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _loop_keepcutout_reference(maps: torch.Tensor, size: int, tau: float) -> List[tuple]:
+    """The per-image style of public KeepAugment code, for comparison: avg_pool scores,
+    a quantile and rejection sampling, one image at a time with host round trips."""
+    boxes = []
+    for s in maps:
+        scores = F.avg_pool2d(s[None, None], size, stride=1)[0, 0] * size * size
+        thr = torch.quantile(scores.flatten(), tau).item()
+        while True:
+            t = int(torch.randint(0, scores.shape[0], (1,)))
+            l_ = int(torch.randint(0, scores.shape[1], (1,)))
+            if scores[t, l_].item() < thr or scores.max().item() == scores.min().item():
+                boxes.append((t, l_))
+                break
+    return boxes
+
+
+def _host_greedy_reference(maps: torch.Tensor) -> List[int]:
+    """The official style of GuidedMixup pairing: a B·B·HW broadcast, a host copy, a Python loop."""
+    flat = maps.flatten(1)
+    dist = ((flat[:, None, :] - flat[None, :, :]) ** 2).sum(-1).sqrt().cpu().numpy()
+    batch = dist.shape[0]
+    for i in range(batch):
+        dist[i, i] = -1
+    r, c = divmod(int(dist.argmax()), batch)
+    order, seen = [r, c], {r, c}
+    while len(order) < batch:
+        row = dist[order[-1]].copy()
+        row[list(seen)] = -1
+        nxt = int(row.argmax())
+        order.append(nxt)
+        seen.add(nxt)
+    partner = [0] * batch
+    for k, v in enumerate(order):
+        partner[v] = order[(k + 1) % batch]
+    return partner
+
+
+def run(batch_sizes: Sequence[int] = (16, 32, 64), device: Optional[str] = None, repeats: int = 10,
+        warmup: int = 3, image_size: int = 32, num_classes: int = 10, compare_loops: bool = True,
+        seed: int = 0) -> Dict[int, Dict[str, float]]:
+    """Measure every op's ratio for each batch size; returns {batch: {name: ratio}} (the step is "step_s")."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(seed)
+    model = resnet18_cifar(num_classes).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    head = sal.EarlyHead(model, num_classes).to(dev)
+    results: Dict[int, Dict[str, float]] = {}
+    for batch in batch_sizes:
+        x = torch.randn(batch, 3, image_size, image_size, device=dev)
+        y = torch.randint(0, num_classes, (batch,), device=dev)
+        model.train()
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        step_s = measure(step, dev, repeats, warmup)
+        maps = sal.gradient(model, x, y)
+        g = torch.Generator(device=dev).manual_seed(seed)
+        ops: Dict[str, Callable[[], object]] = {
+            "GuidedMixup-SR (greedy), end to end": lambda: GuidedMixup(num_classes, mix_prob=1.0, generator=g)(x, y),
+            "GuidedMixup-SR (random), end to end":
+                lambda: GuidedMixup(num_classes, pairing="random", mix_prob=1.0, generator=g)(x, y),
+            "GuidedMixup-AP (greedy), end to end":
+                lambda: GuidedMixup(num_classes, saliency="gradient", model=model, mix_prob=1.0, generator=g)(x, y),
+            "spectral residual saliency": lambda: sal.spectral_residual(x),
+            "greedy pairing given maps": lambda: greedy_pairing(saliency_distance(maps)),
+            "KeepCutout selection given saliency": lambda: KeepCutout(16, generator=g)(x, y, saliency_maps=maps),
+            "KeepCutMix given saliency": lambda: KeepCutMix(num_classes, generator=g)(x, y, saliency_maps=maps),
+            "gradient saliency, full resolution": lambda: sal.gradient(model, x, y),
+            "gradient saliency, half resolution": lambda: sal.gradient(model, x, y, scale=0.5),
+            "early-head saliency": lambda: head.saliency(x, y),
+            "KeepCutout, full-resolution saliency, end to end":
+                lambda: KeepCutout(16, saliency=model, generator=g)(x, y),
+            "KeepCutout, half-resolution saliency, end to end":
+                lambda: KeepCutout(16, saliency=model, scale=0.5, generator=g)(x, y),
+            "SelectivePaste(flip), half-resolution saliency":
+                lambda: SelectivePaste(lambda t: t.flip(-1), 16, saliency=model, scale=0.5, generator=g)(x, y),
+        }
+        if compare_loops:
+            ops["[loop reference] KeepCutout selection, per image"] = lambda: _loop_keepcutout_reference(maps, 16, 0.6)
+            ops["[loop reference] greedy pairing, host copy"] = \
+                lambda: _host_greedy_reference(sal.normalize_sum(sal.gaussian_blur(maps)))
+        row = {"step_s": step_s}
+        for name, fn in ops.items():
+            row[name] = measure(fn, dev, repeats, warmup) / step_s
+        results[batch] = row
+    head.remove()
+    return results
+
+
+def format_table(results: Dict[int, Dict[str, float]], device: str) -> str:
+    batches = sorted(results)
+    names = [k for k in results[batches[0]] if k != "step_s"]
+    width = max(len(n) for n in names) + 2
+    lines = [f"device: {device}; ratio = op time / training step of CIFAR ResNet-18 (fwd+bwd+SGD) on the same batch",
+             "op".ljust(width) + "".join(f"B={b:<10d}" for b in batches) + "target@64"]
+    lines.append("training step (s)".ljust(width) + "".join(f"{results[b]['step_s']:<12.4f}" for b in batches))
+    for name in names:
+        target = TARGETS.get(name)
+        cells = "".join(f"{results[b][name]:<12.4f}" for b in batches)
+        verdict = ""
+        if target is not None:
+            verdict = f"<= {target}  {'ok' if results[batches[-1]][name] <= target else 'MISSED'}"
+        lines.append(name.ljust(width) + cells + verdict)
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="keepmix bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1… (default: cuda if available)")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
+    parser.add_argument("--no-loops", action="store_true", help="skip the per-image loop references")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    results = run(args.batch_sizes, device, args.repeats, args.warmup, compare_loops=not args.no_loops)
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+    print(format_table(results, name))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
