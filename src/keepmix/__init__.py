@@ -7,15 +7,20 @@ Every augmentation follows ``op(images, targets) -> (images, targets)``
 
 from . import losses, mix, pairing, regions, saliency
 from ._checks import input_checks, set_input_checks
+from .compose import Compose, RandomApply, RandomChoice
+from .erase import Cutout, GridMask, RandomErasing
 from .keep import KeepCutMix, KeepCutout, KeepRandomErasing, SelectivePaste
 from .losses import SoftTargetCrossEntropy, soft_target_cross_entropy, to_soft_targets
 from .mix import GuidedMixup
+from .mixers import AttentiveCutMix, CutMix, ManifoldMixup, Mixup, SaliencyMix, SnapMix
 from .protocol import Op
-from .saliency import EarlyHead, EarlyHeadSaliency, GradientSaliency, SpectralSaliency
+from .saliency import EarlyHead, EarlyHeadSaliency, GradientSaliency, NormalizedInput, SpectralSaliency
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentiveCutMix", "Compose", "CutMix", "Cutout", "GridMask", "ManifoldMixup", "Mixup", "NormalizedInput",
+    "RandomApply", "RandomChoice", "RandomErasing", "SaliencyMix", "SnapMix",
     "EarlyHead", "EarlyHeadSaliency", "GradientSaliency", "GuidedMixup", "KeepCutMix", "KeepCutout",
     "KeepRandomErasing", "Op", "SelectivePaste", "SoftTargetCrossEntropy", "SpectralSaliency", "input_checks",
     "losses", "mix", "pairing", "regions", "saliency", "set_input_checks", "soft_target_cross_entropy",

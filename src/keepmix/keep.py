@@ -40,7 +40,7 @@ from .pairing import check_pairing, pair
 from .protocol import Batch, Op, restore_dtype, to_float
 from .regions import (box_masks, centred_window_scores, quantile_threshold, sample_windows, window_scores,
                       window_scores_per_image)
-from .saliency import as_source, compute_maps, normalize_sum
+from .saliency import as_source, compute_maps, gaussian_blur, normalize_sum
 
 
 def _mass_share(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -264,8 +264,9 @@ class KeepCutMix(Op):
         scores, valid = window_scores_per_image(maps, h_safe, w_safe)
         picked = sample_windows(scores, quantile_threshold(scores, self.tau, valid), True, self.generator, valid)
         mask = box_masks(picked.top, picked.left, h_safe, w_safe, (height, width)) & active.view(-1, 1, 1)
-        partner = pair(self.pairing, batch, device, normalize_sum(maps) if self.pairing == "greedy" else maps,
-                       self.generator)
+        # greedy pairing guides with the blurred, sum-to-1 maps, as GuidedMixup does (documented above)
+        guide = normalize_sum(gaussian_blur(maps, 7, 3.0)) if self.pairing == "greedy" else maps
+        partner = pair(self.pairing, batch, device, guide, self.generator)
         kept = 1.0 - mask.float().mean(dim=(1, 2))
         x = to_float(images)
         mixed = torch.where(mask.unsqueeze(1), x.index_select(0, partner), x)

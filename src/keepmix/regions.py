@@ -74,10 +74,13 @@ def window_scores_per_image(saliency: torch.Tensor, heights: torch.Tensor, width
     """
     check_maps(saliency, "saliency")
     batch, height, width = saliency.shape
+    for name, sizes in (("heights", heights), ("widths", widths)):
+        if not isinstance(sizes, torch.Tensor) or sizes.shape != (batch,):
+            raise ValueError(f"{name} must be a tensor of shape ({batch},), one window size per map")
     heights = heights.to(saliency.device).long().view(batch, 1, 1)
     widths = widths.to(saliency.device).long().view(batch, 1, 1)
     if bool(((heights < 1) | (heights > height) | (widths < 1) | (widths > width)).any()):
-        raise ValueError(f"window sizes must lie in [1, {height}]×[1, {width}]")
+        raise ValueError(f"heights and widths (window sizes) must lie in [1, {height}]×[1, {width}]")
     ii = integral_image(saliency)
     top = torch.arange(height, device=saliency.device).view(1, height, 1)
     left = torch.arange(width, device=saliency.device).view(1, 1, width)

@@ -226,6 +226,8 @@ def spectral_residual(images: torch.Tensor, *, max_size: int = 128, blur: Option
     check_images(images, allow_uint8=True)
     if images.shape[1] not in (1, 3):
         raise ValueError(f"images must have 1 or 3 channels for spectral_residual, got {images.shape[1]}")
+    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+        raise ValueError(f"max_size must be a positive int, got {max_size!r}")
     x = images.float() if images.dtype != torch.float64 else images
     if x.shape[1] == 3:
         w = torch.tensor(GRAY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
@@ -495,6 +497,35 @@ class SpectralSaliency:
         return "SpectralSaliency()"
 
 
+class NormalizedInput:
+    """Wrap a saliency source so it sees normalised images: ((x / 255 if uint8) − mean) / std.
+
+    For pipelines whose ops work on raw images (policies take uint8 or [0, 1]
+    floats) while the model expects normalised input, e.g.
+    ``SelectivePaste(AutoAugment(), saliency=NormalizedInput(model, mean, std))``.
+    ``source`` is anything :func:`as_source` accepts.
+    """
+
+    def __init__(self, source, mean, std, *, reduce: str = "max", scale: float = 1.0):
+        self.source = as_source(source, reduce=reduce, scale=scale)
+        if self.source is None:
+            raise ValueError("source must be a saliency source, not None")
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        if bool((self.std <= 0).any()):
+            raise ValueError("std must be positive")
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def __call__(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.source(self.normalize(images), targets)
+
+    def __repr__(self) -> str:
+        return f"NormalizedInput({self.source!r})"
+
+
 def as_source(saliency, *, reduce: str = "max", scale: float = 1.0) -> Optional[SaliencySource]:
     """Turn what an op was given into a source callable.
 
@@ -503,7 +534,8 @@ def as_source(saliency, *, reduce: str = "max", scale: float = 1.0) -> Optional[
     with ``reduce``/``scale``; an :class:`EarlyHead` → :class:`EarlyHeadSaliency`;
     any other callable ``(images, targets) -> maps`` is used as is.
     """
-    if saliency is None or isinstance(saliency, (GradientSaliency, SpectralSaliency, EarlyHeadSaliency)):
+    if saliency is None or isinstance(saliency, (GradientSaliency, SpectralSaliency, EarlyHeadSaliency,
+                                                NormalizedInput)):
         return saliency
     if isinstance(saliency, str):
         if saliency in ("spectral", "sr"):
