@@ -5,11 +5,13 @@ Every augmentation follows ``op(images, targets) -> (images, targets)``
 :mod:`keepmix.regions`, :mod:`keepmix.pairing` and :mod:`keepmix.mix`.
 """
 
-from . import losses, mix, pairing, regions, saliency
+from . import losses, mix, pairing, policies, regions, saliency
 from ._checks import input_checks, set_input_checks
 from .compose import Compose, RandomApply, RandomChoice
 from .erase import Cutout, GridMask, RandomErasing
-from .keep import KeepCutMix, KeepCutout, KeepRandomErasing, SelectivePaste
+from .convert import Normalize
+from .keep import (KeepAugMix, KeepAutoAugment, KeepCutMix, KeepCutout, KeepRandAugment, KeepRandomErasing,
+                   KeepTrivialAugment, SelectivePaste)
 from .losses import SoftTargetCrossEntropy, soft_target_cross_entropy, to_soft_targets
 from .mix import GuidedMixup
 from .mixers import AttentiveCutMix, CutMix, ManifoldMixup, Mixup, SaliencyMix, SnapMix
@@ -20,9 +22,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttentiveCutMix", "Compose", "CutMix", "Cutout", "GridMask", "ManifoldMixup", "Mixup", "NormalizedInput",
+    "KeepAugMix", "KeepAutoAugment", "KeepRandAugment", "KeepTrivialAugment", "Normalize",
     "RandomApply", "RandomChoice", "RandomErasing", "SaliencyMix", "SnapMix",
     "EarlyHead", "EarlyHeadSaliency", "GradientSaliency", "GuidedMixup", "KeepCutMix", "KeepCutout",
     "KeepRandomErasing", "Op", "SelectivePaste", "SoftTargetCrossEntropy", "SpectralSaliency", "input_checks",
-    "losses", "mix", "pairing", "regions", "saliency", "set_input_checks", "soft_target_cross_entropy",
+    "losses", "mix", "pairing", "policies", "regions", "saliency", "set_input_checks", "soft_target_cross_entropy",
     "to_soft_targets",
 ]

@@ -123,7 +123,8 @@ class Compose(Op):
             raise ValueError("ops must hold at least one op")
         self.ops: List[OpLike] = [_check_op(op, f"ops[{i}]") for i, op in enumerate(ops)]
         self.mixes_labels = any(_mixes(op) for op in self.ops)
-        self.accepts_uint8 = all(getattr(op, "accepts_uint8", True) for op in self.ops)
+        # only the first op sees the input; each later op checks what it is given (e.g. after Normalize)
+        self.accepts_uint8 = getattr(self.ops[0], "accepts_uint8", True)
         self.num_classes = _num_classes(None, self.ops)  # so that an enclosing composition can harmonise
 
     def _repr_fields(self):

@@ -315,3 +315,60 @@ class SelectivePaste(_SelectiveWindow):
         self.last_stats = {"fallback": fallback, "saliency_kept": _mass_share(maps, mask)}
         out = torch.where(mask.unsqueeze(1), images.to(augmented.dtype), augmented)
         return out, targets
+
+
+# --------------------------------------------------------------------------- Keep variants of the policies
+
+
+class _KeepPolicy(SelectivePaste):
+    """SelectivePaste over a policy built from ``policy_kwargs`` (shares the op's generator)."""
+
+    policy_class: type = None
+
+    def __init__(self, size: SizeLike = 16, tau: float = 0.6, saliency=None, *, clip: bool = False,
+                 scale: float = 1.0, generator: Optional[torch.Generator] = None, **policy_kwargs):
+        policy = self.policy_class(generator=generator, **policy_kwargs)
+        super().__init__(policy, size, tau, saliency, clip=clip, scale=scale, generator=generator)
+
+
+def _policies():
+    from . import policies  # deferred: the policies package is only needed by these presets
+    return policies
+
+
+class KeepAutoAugment(_KeepPolicy):
+    """KeepAutoAugment: :class:`SelectivePaste` over :class:`keepmix.policies.AutoAugment`.
+
+    ``KeepAutoAugment(size=16, tau=0.6, saliency=NormalizedInput(model, mean, std), policy="cifar10")``:
+    images are un-normalised (uint8 or [0, 1]) like the policy's; the saliency
+    source must normalise for the model (:class:`keepmix.saliency.NormalizedInput`).
+    Extra keyword arguments go to the policy.
+    """
+
+    def __init__(self, size: SizeLike = 16, tau: float = 0.6, saliency=None, **kwargs):
+        self.policy_class = _policies().AutoAugment
+        super().__init__(size, tau, saliency, **kwargs)
+
+
+class KeepRandAugment(_KeepPolicy):
+    """KeepRandAugment: :class:`SelectivePaste` over :class:`keepmix.policies.RandAugment` (kwargs → policy)."""
+
+    def __init__(self, size: SizeLike = 16, tau: float = 0.6, saliency=None, **kwargs):
+        self.policy_class = _policies().RandAugment
+        super().__init__(size, tau, saliency, **kwargs)
+
+
+class KeepTrivialAugment(_KeepPolicy):
+    """KeepTrivialAugment: :class:`SelectivePaste` over :class:`keepmix.policies.TrivialAugmentWide`."""
+
+    def __init__(self, size: SizeLike = 16, tau: float = 0.6, saliency=None, **kwargs):
+        self.policy_class = _policies().TrivialAugmentWide
+        super().__init__(size, tau, saliency, **kwargs)
+
+
+class KeepAugMix(_KeepPolicy):
+    """KeepAugMix: :class:`SelectivePaste` over :class:`keepmix.policies.AugMix` (kwargs → policy)."""
+
+    def __init__(self, size: SizeLike = 16, tau: float = 0.6, saliency=None, **kwargs):
+        self.policy_class = _policies().AugMix
+        super().__init__(size, tau, saliency, **kwargs)
