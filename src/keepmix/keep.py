@@ -40,7 +40,7 @@ from .pairing import check_pairing, pair
 from .protocol import Batch, Op, restore_dtype, to_float
 from .regions import (box_masks, centred_window_scores, quantile_threshold, sample_windows, window_scores,
                       window_scores_per_image)
-from .saliency import as_source, compute_maps, gaussian_blur, normalize_sum
+from .saliency import as_source, compute_maps, gaussian_blur, normalize_sum, takes_uint8
 
 
 def _mass_share(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -90,6 +90,7 @@ class _SelectiveWindow(Op):
         self.tau = check_probability(tau, "tau")
         self.clip = bool(clip)
         self.saliency = as_source(saliency, reduce="max", scale=check_positive(scale, "scale"))
+        self.accepts_uint8 = takes_uint8(self.saliency)
 
     def _window(self, images, targets, saliency_maps, below: bool):
         """Maps, then a window per image; returns (mask B×H×W, maps, fallback)."""
@@ -190,6 +191,7 @@ class KeepRandomErasing(Op):
             raise ValueError(f"attempts must be a positive int, got {attempts!r}")
         self.attempts = attempts
         self.saliency = as_source(saliency, reduce="max", scale=check_positive(saliency_scale, "saliency_scale"))
+        self.accepts_uint8 = takes_uint8(self.saliency)
 
     def _repr_fields(self):
         return {"p": self.p, "scale": self.scale, "ratio": self.ratio, "value": self.value, "tau": self.tau}
@@ -243,6 +245,7 @@ class KeepCutMix(Op):
         self.pairing = check_pairing(pairing)
         self.prob = check_probability(prob, "prob")
         self.saliency = as_source(saliency, reduce="max", scale=check_positive(scale, "scale"))
+        self.accepts_uint8 = takes_uint8(self.saliency)
 
     def _repr_fields(self):
         return {"num_classes": self.num_classes, "alpha": self.alpha, "tau": self.tau, "pairing": self.pairing}

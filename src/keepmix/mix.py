@@ -26,7 +26,7 @@ from ._checks import check_maps, check_probability
 from .losses import to_soft_targets
 from .pairing import check_pairing, pair
 from .protocol import Batch, Op, restore_dtype, to_float
-from .saliency import as_source, compute_maps, gaussian_blur, normalize_sum
+from .saliency import as_source, compute_maps, gaussian_blur, normalize_sum, takes_uint8
 
 
 def guided_mask(maps: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
@@ -138,7 +138,7 @@ class GuidedMixup(Op):
             mix_prob = 0.5 if saliency in ("spectral", "sr") else 0.8
         self.mix_prob = check_probability(mix_prob, "mix_prob")
         self.blur = _check_blur(blur)
-        self.accepts_uint8 = saliency in ("spectral", "sr", None)
+        self.accepts_uint8 = takes_uint8(self.saliency)
 
     def _repr_fields(self):
         return {"num_classes": self.num_classes, "saliency": self.saliency, "pairing": self.pairing,

@@ -474,6 +474,8 @@ class EarlyHeadSaliency:
         self.head = head
         self.reduce = _check_reduce(reduce)
         self.scale = check_positive(scale, "scale")
+        if self.scale > 1:
+            raise ValueError(f"scale must be in (0, 1], got {scale}")
         self.bn = _check_bn(bn)
 
     def __call__(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -549,6 +551,11 @@ def as_source(saliency, *, reduce: str = "max", scale: float = 1.0) -> Optional[
         return saliency
     raise TypeError("saliency must be None, 'spectral', an nn.Module, an EarlyHead or a callable "
                     f"(images, targets) -> B×H×W maps, got {type(saliency).__name__}")
+
+
+def takes_uint8(source: Optional[SaliencySource]) -> bool:
+    """Whether an op using ``source`` can accept uint8 images: not when a model sees the raw pixels."""
+    return not isinstance(source, (GradientSaliency, EarlyHeadSaliency))
 
 
 def compute_maps(source: Optional[SaliencySource], images: torch.Tensor, targets: Optional[torch.Tensor],

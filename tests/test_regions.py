@@ -1,0 +1,341 @@
+"""Window scores, quantile thresholds, uniform window sampling and box masks against brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from keepmix.regions import (box_masks, centred_window_scores, integral_image, quantile_threshold, sample_windows,
+                             window_scores, window_scores_per_image)
+
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _maps(batch, height, width, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, height, width, generator=g)
+
+
+# --------------------------------------------------------------------------- window sums
+
+
+def test_window_scores_hand_computed():
+    s = torch.arange(12, dtype=torch.float32).view(1, 3, 4)  # rows [0..3], [4..7], [8..11]
+    scores = window_scores(s, (2, 3))
+    # top-left (0, 0): 0+1+2+4+5+6 = 18; (0, 1): 1+2+3+5+6+7 = 24; (1, 0): 4+5+6+8+9+10 = 42; (1, 1): 48
+    assert scores.dtype == torch.float32
+    assert torch.equal(scores, torch.tensor([[[18.0, 24.0], [42.0, 48.0]]]))
+    # an int size is a square window
+    assert torch.equal(window_scores(s, 3), torch.tensor([[[45.0, 54.0]]]))
+
+
+def test_integral_image_definition():
+    s = _maps(2, 5, 4)
+    ii = integral_image(s)
+    assert ii.shape == (2, 6, 5) and ii.dtype == torch.float64
+    for i in range(6):
+        for j in range(5):
+            assert torch.allclose(ii[:, i, j], s[:, :i, :j].double().sum(dim=(1, 2)))
+
+
+@pytest.mark.parametrize("shape,size", [((3, 64, 64), (16, 16)), ((2, 64, 64), (1, 1)), ((2, 64, 64), (64, 64)),
+                                        ((2, 31, 17), (8, 5)), ((2, 7, 5), (7, 1)), ((1, 40, 64), (13, 40))])
+def test_window_scores_match_float64_brute_force(shape, size, brute_window_sums):
+    maps = _maps(*shape, seed=sum(shape))
+    scores = window_scores(maps, size)
+    reference = brute_window_sums(maps.numpy(), *size)
+    assert scores.shape == reference.shape
+    np.testing.assert_allclose(scores.numpy(), reference, rtol=1e-4, atol=0)
+
+
+@given(st.integers(1, 3), st.integers(1, 20), st.integers(1, 20), st.data())
+@FAST
+def test_window_scores_property(brute_window_sums, batch, height, width, data):
+    h = data.draw(st.integers(1, height))
+    w = data.draw(st.integers(1, width))
+    maps = _maps(batch, height, width, seed=height * 31 + width) * 10
+    np.testing.assert_allclose(window_scores(maps, (h, w)).numpy(), brute_window_sums(maps.numpy(), h, w),
+                               rtol=1e-4)
+
+
+def test_window_scores_half_precision_maps(brute_window_sums):
+    maps = _maps(2, 9, 11).to(torch.bfloat16)
+    scores = window_scores(maps, (3, 4))
+    assert scores.dtype == torch.float32
+    np.testing.assert_allclose(scores.numpy(), brute_window_sums(maps.float().numpy(), 3, 4), rtol=1e-5)
+
+
+def test_window_scores_errors():
+    maps = _maps(2, 8, 6)
+    with pytest.raises(ValueError, match="size"):
+        window_scores(maps, (9, 2))
+    with pytest.raises(ValueError, match="size"):
+        window_scores(maps, (2, 7))
+    with pytest.raises(ValueError, match="size"):
+        window_scores(maps, 0)
+    with pytest.raises(TypeError, match="size"):
+        window_scores(maps, 2.5)
+    with pytest.raises(ValueError, match="saliency"):
+        window_scores(maps[0], 2)
+    with pytest.raises(TypeError, match="saliency"):
+        window_scores(maps.long(), 2)
+
+
+def test_window_scores_per_image_equals_own_size(brute_window_sums):
+    maps = _maps(4, 13, 9, seed=3)
+    heights = torch.tensor([1, 13, 5, 7])
+    widths = torch.tensor([9, 2, 5, 1])
+    scores, valid = window_scores_per_image(maps, heights, widths)
+    assert scores.shape == valid.shape == (4, 13, 9)
+    assert scores.dtype == torch.float32 and valid.dtype == torch.bool
+    for b in range(4):
+        h, w = int(heights[b]), int(widths[b])
+        own = window_scores(maps[b:b + 1], (h, w))[0]
+        expected_valid = torch.zeros(13, 9, dtype=torch.bool)
+        expected_valid[:13 - h + 1, :9 - w + 1] = True
+        assert torch.equal(valid[b], expected_valid)
+        np.testing.assert_allclose(scores[b, :13 - h + 1, :9 - w + 1].numpy(), own.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(own.numpy(), brute_window_sums(maps[b:b + 1].numpy(), h, w)[0], rtol=1e-4)
+        assert torch.all(scores[b][~expected_valid] == 0)
+
+
+def test_window_scores_per_image_errors():
+    maps = _maps(2, 6, 5)
+    with pytest.raises(ValueError, match="heights"):
+        window_scores_per_image(maps, torch.tensor([7, 2]), torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match="widths"):
+        window_scores_per_image(maps, torch.tensor([2, 2]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="heights"):
+        window_scores_per_image(maps, torch.tensor([2, 2, 2]), torch.tensor([1, 1]))
+
+
+@pytest.mark.parametrize("shape,size", [((2, 9, 7), (4, 3)), ((1, 6, 6), (5, 5)), ((2, 5, 8), (1, 9)),
+                                        ((1, 4, 3), (9, 9))])
+def test_centred_window_scores_brute_force(shape, size):
+    maps = _maps(*shape, seed=5)
+    h, w = size
+    scores = centred_window_scores(maps, size)
+    batch, height, width = shape
+    assert scores.shape == shape
+    for y in range(height):
+        for x in range(width):
+            r0, r1 = max(0, y - h // 2), min(height, y - h // 2 + h)
+            c0, c1 = max(0, x - w // 2), min(width, x - w // 2 + w)
+            expected = maps[:, r0:r1, c0:c1].double().sum(dim=(1, 2))
+            np.testing.assert_allclose(scores[:, y, x].numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- quantile
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.1, 0.25, 0.5, 0.6, 0.99, 1.0])
+def test_quantile_matches_torch_and_numpy(tau):
+    scores = _maps(5, 7, 6, seed=11) * 3
+    q = quantile_threshold(scores, tau)
+    assert q.shape == (5,) and q.dtype == torch.float32
+    expected_torch = torch.quantile(scores.flatten(1), tau, dim=1)
+    expected_numpy = np.quantile(scores.flatten(1).double().numpy(), tau, axis=1)
+    np.testing.assert_allclose(q.numpy(), expected_torch.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(q.numpy(), expected_numpy, rtol=1e-6, atol=1e-6)
+
+
+def test_quantile_hand_computed():
+    scores = torch.tensor([[4.0, 1.0, 3.0, 2.0]])  # sorted 1 2 3 4, p = τ·3
+    assert quantile_threshold(scores, 0.5).item() == pytest.approx(2.5)
+    assert quantile_threshold(scores, 0.6).item() == pytest.approx(2.8)
+    assert quantile_threshold(scores, 0.0).item() == 1.0
+    assert quantile_threshold(scores, 1.0).item() == 4.0
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.3, 0.6, 1.0])
+def test_quantile_with_valid_mask(tau):
+    g = torch.Generator().manual_seed(2)
+    scores = torch.rand(6, 5, 4, generator=g)
+    valid = torch.rand(6, 5, 4, generator=g) < 0.5
+    valid[:, 0, 0] = True          # at least one valid entry per row
+    valid[5] = True                # one row entirely valid
+    valid[4] = False
+    valid[4, 2, 3] = True          # one row with a single valid entry
+    # invalid entries hold values that would move the quantile if they were counted
+    scores = torch.where(valid, scores, torch.full_like(scores, -100.0))
+    q = quantile_threshold(scores, tau, valid)
+    for b in range(6):
+        kept = scores[b][valid[b]].double().numpy()
+        assert q[b].item() == pytest.approx(float(np.quantile(kept, tau)), rel=1e-6, abs=1e-7)
+
+
+def test_quantile_many_windows():
+    scores = torch.rand(2, 300, 400, generator=torch.Generator().manual_seed(0))
+    q = quantile_threshold(scores, 0.6)
+    np.testing.assert_allclose(q.numpy(), np.quantile(scores.flatten(1).double().numpy(), 0.6, axis=1), rtol=1e-6)
+
+
+@given(st.integers(1, 4), st.integers(1, 30), st.floats(0.0, 1.0), st.integers(0, 10_000))
+@FAST
+def test_quantile_between_min_and_max(batch, n, tau, seed):
+    g = torch.Generator().manual_seed(seed)
+    scores = (torch.rand(batch, n, generator=g) * 10).round()  # ties are common
+    q = quantile_threshold(scores, tau)
+    assert torch.all(q >= scores.min(dim=1).values) and torch.all(q <= scores.max(dim=1).values)
+    np.testing.assert_allclose(q.numpy(), np.quantile(scores.double().numpy(), tau, axis=1), rtol=1e-6, atol=1e-6)
+
+
+def test_quantile_errors():
+    with pytest.raises(ValueError, match="tau"):
+        quantile_threshold(torch.rand(2, 3), 1.5)
+    with pytest.raises(ValueError, match="tau"):
+        quantile_threshold(torch.rand(2, 3), -0.1)
+    with pytest.raises(ValueError, match="scores"):
+        quantile_threshold(torch.rand(3), 0.5)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def _qualifying(scores_row, threshold, below):
+    return scores_row < threshold if below else scores_row > threshold
+
+
+@pytest.mark.parametrize("below", [True, False])
+def test_sample_windows_uniform_over_qualifying(below, chi2_pvalue):
+    """Every draw qualifies; counts over the qualifying windows pass a chi-square uniformity test."""
+    n = 6000
+    base = torch.rand(1, 6, 6, generator=torch.Generator().manual_seed(4))
+    maps = base.expand(n, 6, 6).contiguous()
+    scores = window_scores(maps, (2, 3))                   # 5×4 = 20 windows
+    threshold = quantile_threshold(scores, 0.6)
+    picked = sample_windows(scores, threshold, below, torch.Generator().manual_seed(123))
+    assert not picked.fallback.any()
+    assert picked.top.dtype == torch.long and picked.left.dtype == torch.long
+    chosen = scores[torch.arange(n), picked.top, picked.left]
+    assert torch.all(_qualifying(chosen, threshold, below))
+    index = picked.top * scores.shape[2] + picked.left
+    qualifying = _qualifying(scores[0].flatten(), threshold[0], below).nonzero().flatten()
+    assert len(qualifying) >= 5
+    counts = torch.bincount(index, minlength=20)[qualifying]
+    assert counts.sum() == n
+    assert chi2_pvalue(counts.numpy()) > 1e-3
+
+
+def test_sample_windows_uniform_with_valid_mask(chi2_pvalue):
+    n = 4000
+    maps = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(9)).expand(n, 8, 8).contiguous()
+    scores, valid = window_scores_per_image(maps, torch.full((n,), 3), torch.full((n,), 4))
+    threshold = quantile_threshold(scores, 0.5, valid)
+    picked = sample_windows(scores, threshold, True, torch.Generator().manual_seed(1), valid)
+    assert torch.all(valid[torch.arange(n), picked.top, picked.left])
+    assert torch.all(scores[torch.arange(n), picked.top, picked.left] < threshold)
+    qualifying = (valid[0] & (scores[0] < threshold[0])).flatten().nonzero().flatten()
+    counts = torch.bincount(picked.top * 8 + picked.left, minlength=64)[qualifying]
+    assert counts.sum() == n
+    assert chi2_pvalue(counts.numpy()) > 1e-3
+
+
+def test_sample_windows_flat_map_falls_back_to_uniform(chi2_pvalue):
+    n = 3000
+    scores = window_scores(torch.full((n, 4, 5), 0.25), 2)   # 3×4 windows, all equal
+    threshold = quantile_threshold(scores, 0.6)
+    picked = sample_windows(scores, threshold, True, torch.Generator().manual_seed(0))
+    assert picked.fallback.all()
+    counts = torch.bincount(picked.top * 4 + picked.left, minlength=12)
+    assert chi2_pvalue(counts.numpy()) > 1e-3
+
+
+def test_sample_windows_tau_extremes():
+    scores = window_scores(_maps(64, 6, 5, seed=8), 2)
+    flat = scores.flatten(1)
+    # τ = 0 cut: nothing strictly below the minimum → fallback to the minimum window(s)
+    picked = sample_windows(scores, quantile_threshold(scores, 0.0), True, torch.Generator().manual_seed(0))
+    assert picked.fallback.all()
+    chosen = scores[torch.arange(64), picked.top, picked.left]
+    assert torch.equal(chosen, flat.min(dim=1).values)
+    # τ = 1 paste: nothing strictly above the maximum → fallback to the maximum window(s)
+    picked = sample_windows(scores, quantile_threshold(scores, 1.0), False, torch.Generator().manual_seed(0))
+    assert picked.fallback.all()
+    assert torch.equal(scores[torch.arange(64), picked.top, picked.left], flat.max(dim=1).values)
+    # τ = 1 cut: everything but the maximum qualifies
+    picked = sample_windows(scores, quantile_threshold(scores, 1.0), True, torch.Generator().manual_seed(0))
+    assert not picked.fallback.any()
+    assert torch.all(scores[torch.arange(64), picked.top, picked.left] < flat.max(dim=1).values)
+
+
+def test_sample_windows_single_window():
+    scores = window_scores(_maps(3, 5, 4), (5, 4))
+    picked = sample_windows(scores, quantile_threshold(scores, 0.6), True)
+    assert torch.equal(picked.top, torch.zeros(3, dtype=torch.long))
+    assert torch.equal(picked.left, torch.zeros(3, dtype=torch.long))
+    assert picked.fallback.all()
+
+
+def test_sample_windows_seeded_and_per_sample():
+    scores = window_scores(_maps(1, 12, 12).expand(32, 12, 12).contiguous(), 3)
+    threshold = quantile_threshold(scores, 0.6)
+    a = sample_windows(scores, threshold, True, torch.Generator().manual_seed(5))
+    b = sample_windows(scores, threshold, True, torch.Generator().manual_seed(5))
+    c = sample_windows(scores, threshold, True, torch.Generator().manual_seed(6))
+    assert torch.equal(a.top, b.top) and torch.equal(a.left, b.left)
+    assert not (torch.equal(a.top, c.top) and torch.equal(a.left, c.left))
+    # identical maps, yet each image gets its own draw
+    assert len(set(zip(a.top.tolist(), a.left.tolist()))) > 5
+
+
+@given(st.integers(1, 3), st.integers(1, 10), st.integers(1, 10), st.floats(0.0, 1.0), st.booleans(),
+       st.integers(0, 1000), st.data())
+@FAST
+def test_sample_windows_property(batch, height, width, tau, below, seed, data):
+    h = data.draw(st.integers(1, height))
+    w = data.draw(st.integers(1, width))
+    g = torch.Generator().manual_seed(seed)
+    maps = (torch.rand(batch, height, width, generator=g) * 4).floor()  # many ties and flat regions
+    scores = window_scores(maps, (h, w))
+    threshold = quantile_threshold(scores, tau)
+    picked = sample_windows(scores, threshold, below, g)
+    n_h, n_w = scores.shape[1:]
+    assert torch.all((picked.top >= 0) & (picked.top < n_h) & (picked.left >= 0) & (picked.left < n_w))
+    chosen = scores[torch.arange(batch), picked.top, picked.left]
+    strict = _qualifying(scores.flatten(1), threshold.view(-1, 1), below).any(dim=1)
+    assert torch.equal(picked.fallback, ~strict)
+    for b in range(batch):
+        if picked.fallback[b]:
+            assert (chosen[b] <= threshold[b]) if below else (chosen[b] >= threshold[b])
+        else:
+            assert _qualifying(chosen[b], threshold[b], below)
+
+
+def test_sample_windows_errors():
+    scores = torch.rand(2, 3, 3)
+    with pytest.raises(ValueError, match="threshold"):
+        sample_windows(scores, torch.zeros(3))
+    with pytest.raises(ValueError, match="scores"):
+        sample_windows(torch.rand(2, 9), torch.zeros(2))
+    with pytest.raises(TypeError, match="generator"):
+        sample_windows(scores, torch.zeros(2), generator=0)
+
+
+# --------------------------------------------------------------------------- box masks
+
+
+def test_box_masks_hand_computed_and_clipped():
+    masks = box_masks(torch.tensor([0, -1, 3]), torch.tensor([1, -2, 2]), 2, 3, (4, 5))
+    assert masks.shape == (3, 4, 5) and masks.dtype == torch.bool
+    expected = torch.zeros(3, 4, 5, dtype=torch.bool)
+    expected[0, 0:2, 1:4] = True
+    expected[1, 0:1, 0:1] = True  # rows [-1, 1) ∩ [0, 4), cols [-2, 1) ∩ [0, 5)
+    expected[2, 3:4, 2:5] = True
+    assert torch.equal(masks, expected)
+
+
+def test_box_masks_per_image_sizes():
+    masks = box_masks(torch.tensor([1, 0]), torch.tensor([0, 2]), torch.tensor([2, 3]), torch.tensor([1, 2]), (3, 4))
+    assert masks.sum(dim=(1, 2)).tolist() == [2, 6]
+    assert masks[0, 1:3, 0].all() and masks[1, 0:3, 2:4].all()
+
+
+def test_chi2_helper_against_closed_form(chi2_pvalue):
+    # with 3 cells (2 degrees of freedom) the chi-square survival function is exp(−x/2)
+    observed = np.array([30.0, 45.0, 25.0])
+    stat = ((observed - 100 / 3) ** 2 / (100 / 3)).sum()
+    assert chi2_pvalue(observed) == pytest.approx(np.exp(-stat / 2), rel=1e-9)
+    assert chi2_pvalue([50, 50]) == pytest.approx(1.0)
