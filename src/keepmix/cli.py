@@ -1,0 +1,374 @@
+"""The ``keepmix`` command line: train, eval, show, bench, plot, list.
+
+.. code-block:: text
+
+    keepmix train [RECIPE] [--set key=value ...] [--arm NAME ...] [--resume [DIR]] [flags]
+    keepmix eval  --checkpoint PATH [--data NAME] [--data-root DIR] [--split test]
+    keepmix show  [RECIPE] [--checkpoint PATH] [--op SPEC ...] [--rows 6] [--out show.png]
+    keepmix bench [benchmark options]
+    keepmix plot  RUN_DIR [RUN_DIR ...] [--out curves.png]
+    keepmix list  [recipes|ops|models|datasets]
+
+``keepmix train`` with no argument runs ``recipes/default.yaml``: Cutout against KeepCutout on the
+embedded SalientShapes data, same seed, and prints both accuracies side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+#: shortcut flags of ``keepmix train`` and the config keys they set
+TRAIN_FLAGS = {
+    "epochs": "optim.epochs", "batch_size": "optim.batch_size", "lr": "optim.lr", "seed": "seed",
+    "device": "device", "amp": "amp", "name": "name", "output_dir": "output_dir", "data": "data.name",
+    "data_root": "data.root", "model": "model.name", "max_steps": "max_steps_per_epoch",
+}
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a recipe (default: the Cutout vs KeepCutout comparison)",
+                       description="Train a YAML recipe; every arm of a comparison recipe runs in turn.")
+    p.add_argument("recipe", nargs="?", default=None, help="recipe file or name (default: 'default')")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set optim.lr=0.05 (repeatable; values parsed as YAML)")
+    p.add_argument("--arm", dest="arms", action="append", default=None, metavar="NAME",
+                   help="run only this arm of a comparison recipe (repeatable)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"])
+    p.add_argument("--name", help="run name (folder under the output dir)")
+    p.add_argument("--output-dir", help="where run folders go (default runs/)")
+    p.add_argument("--data", help="data set name")
+    p.add_argument("--data-root", help="data folder")
+    p.add_argument("--model", help="model name")
+    p.add_argument("--max-steps", type=int, help="cap on steps per epoch (smoke runs)")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="DIR",
+                   help="continue from the checkpoints: of this run folder or checkpoint, or (no value) of the "
+                        "recipe's own run folder")
+    p.add_argument("--stop-after-epoch", type=int, default=None, metavar="K",
+                   help="stop once K epochs are done (resume later with --resume)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.add_argument("--quiet", action="store_true", help="no bars and no per-epoch lines; only the summary")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint: top-1, top-5, loss")
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt or a run folder")
+    p.add_argument("--data", help="data set name (default: the one the run trained on)")
+    p.add_argument("--data-root", help="data folder")
+    p.add_argument("--split", default=None, help="split to evaluate (default: the run's eval split)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override data fields of the run's config, e.g. --set data.eval_size=1000")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def _add_show(sub) -> None:
+    p = sub.add_parser("show", help="PNG grid of one batch: original, saliency map, each op's output")
+    p.add_argument("recipe", nargs="?", default=None, help="recipe whose ops are shown (default: 'default')")
+    p.add_argument("--checkpoint", help="a trained run (its model gives the saliency; its config the ops)")
+    p.add_argument("--op", dest="ops", action="append", default=None, metavar="SPEC",
+                   help="an op to show: a name or a YAML mapping like '{name: keep_cutout, size: 12}' (repeatable)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--rows", type=int, default=6, help="images (rows) in the grid")
+    p.add_argument("--split", default=None, help="split the images come from (default: the training split)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="show.png", help="PNG file to write")
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="the overhead benchmark (ops as a ratio of a training step)", add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+
+
+def _add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="plot training curves of one or more runs to PNG")
+    p.add_argument("runs", nargs="+", help="run folders (or metrics.csv files)")
+    p.add_argument("--out", default=None, help="PNG file (default: curves.png in the first run folder)")
+
+
+def _add_list(sub) -> None:
+    p = sub.add_parser("list", help="list recipes, ops, models or data sets")
+    p.add_argument("what", nargs="?", default="recipes", choices=["recipes", "ops", "models", "datasets"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="keepmix", description="Saliency-guided data augmentation: "
+                                     "train, evaluate and inspect KeepAugment and GuidedMixup recipes.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_train, _add_eval, _add_show, _add_bench, _add_plot, _add_list):
+        add(sub)
+    return parser
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _train_overrides(args) -> List[str]:
+    overrides = []
+    for flag, key in TRAIN_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value) if not isinstance(value, str) else _yaml_str(value)}")
+    overrides.extend(args.overrides)
+    if args.no_progress or args.quiet:
+        overrides.append("progress=false")
+    return overrides
+
+
+def _yaml_str(value: str) -> str:
+    return json.dumps(value)  # JSON strings are YAML strings: keeps "1e-3"-like names as text
+
+
+def cmd_train(args) -> int:
+    from .recipes import apply_overrides, config_from_dict, load_recipe
+    from .train import Trainer, load_checkpoint, run
+    overrides = _train_overrides(args)
+    if isinstance(args.resume, str):
+        target = Path(args.resume)
+        recipe_file = target / "recipe.yaml" if target.is_dir() else None
+        if recipe_file is not None and recipe_file.is_file():
+            config = load_recipe(recipe_file, overrides)
+            if args.print_config:
+                return _print_config(config)
+            run(config, arms=args.arms, resume=True, run_dir=target, quiet=args.quiet,
+                stop_after_epoch=args.stop_after_epoch)
+            return 0
+        payload = load_checkpoint(target)
+        config = apply_overrides(config_from_dict(payload["config"]), overrides)
+        if args.print_config:
+            return _print_config(config)
+        run_dir = target if target.is_dir() else target.parent
+        trainer = Trainer(config, run_dir=run_dir, resume=run_dir / "checkpoint.pt", quiet=args.quiet)
+        summary = trainer.fit(stop_after_epoch=args.stop_after_epoch)
+        from .train import format_summary
+        if trainer.job.is_main:
+            print(format_summary([summary]), flush=True)
+        return 0
+    config = load_recipe(args.recipe, overrides)
+    if args.print_config:
+        return _print_config(config)
+    run(config, arms=args.arms, resume=bool(args.resume), quiet=args.quiet, stop_after_epoch=args.stop_after_epoch)
+    return 0
+
+
+def _print_config(config) -> int:
+    from .recipes import config_to_yaml
+    print(config_to_yaml(config), end="")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .recipes import apply_overrides, config_from_dict
+    from .train import Distributed, _eval_batches, evaluate, load_checkpoint, load_sets, load_split, resolve_device
+    from .data import normalize
+    payload = load_checkpoint(args.checkpoint)
+    config = config_from_dict(payload["config"])
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.name={_yaml_str(args.data)}")
+    if args.data_root:
+        overrides.append(f"data.root={_yaml_str(args.data_root)}")
+    config = apply_overrides(config, overrides)
+    device = resolve_device(args.device, Distributed())
+    if args.split is None:  # the run's own evaluation set (its split, held-out part and size)
+        _, _, images, labels, loaded = load_sets(config.data, eval_only=True)
+        split = f"{config.data.train_split} (held-out {config.data.val_fraction})" \
+            if config.data.val_fraction is not None else config.data.eval_split
+    else:
+        split = args.split
+        images, labels, loaded = load_split(config.data, split)
+    if loaded.num_classes != payload["num_classes"]:
+        raise ValueError(f"the checkpoint has {payload['num_classes']} classes, "
+                         f"{config.data.name} has {loaded.num_classes}")
+    from .models import build_model
+    model = build_model(config.model.name, payload["num_classes"], **config.model.kwargs)
+    model.load_state_dict(payload["model"])
+    model.to(device)
+    mean, std = tuple(payload["mean"]), tuple(payload["std"])
+    batches = _eval_batches(images.to(device), labels.to(device), args.batch_size or config.data.eval_batch_size
+                            or config.optim.batch_size, lambda x: normalize(x, mean, std), Distributed())
+    metrics = evaluate(model, batches(), device=device, amp=config.amp if device.type == "cuda" else "none")
+    metrics.update({"checkpoint": str(args.checkpoint), "data": config.data.name, "split": split,
+                    "epoch": payload["epoch"]})
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"{config.data.name} [{split}] {int(metrics['count'])} images, epoch {payload['epoch']}: "
+              f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}")
+    return 0
+
+
+def _parse_op(text: str):
+    import yaml
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, dict) and isinstance(value.get("name"), str):
+        return value
+    raise SystemExit(f"error: --op must be an op name or a mapping with a name, got {text!r}")
+
+
+def cmd_show(args) -> int:
+    import torch
+    from .recipes import (BuildContext, apply_overrides, build_model_from_config, build_ops, config_from_dict,
+                          load_recipe, uses_early_head)
+    from .saliency import EarlyHead, gradient
+    from .train import Augmentation, load_checkpoint, load_split, op_display_names, _spec_has_policy
+    from .data import normalize
+    from .viz import save_grid
+
+    payload = None
+    if args.checkpoint:
+        payload = load_checkpoint(args.checkpoint)
+        config = apply_overrides(config_from_dict(payload["config"]), args.overrides)
+    else:
+        config = load_recipe(args.recipe, args.overrides)
+    if args.ops:
+        specs = [_parse_op(text) for text in args.ops]
+    else:
+        specs = []
+        for candidate in list(config.ops) + [op for arm in config.arms for op in arm.ops]:
+            if candidate not in specs:
+                specs.append(candidate)
+    if not specs:
+        raise SystemExit("error: no ops to show: the recipe has none; pass --op NAME")
+    if args.rows < 1:
+        raise SystemExit("error: --rows must be >= 1")
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    images, labels, loaded = load_split(config.data, args.split or config.data.train_split)
+    pick = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(args.seed))[:args.rows]
+    raw = images[pick].to(device).float() / 255.0
+    labels = labels[pick].to(device)
+    mean, std = tuple(loaded.mean), tuple(loaded.std)
+    model = build_model_from_config(config.model, loaded.num_classes).to(device)
+    head = None
+    if payload is not None:
+        model.load_state_dict(payload["model"])
+    if uses_early_head(specs) or (payload is not None and payload.get("early_head") is not None):
+        head = EarlyHead(model, loaded.num_classes, weight=config.early_head_weight).to(device)
+        if payload is not None and payload.get("early_head") is not None:
+            head.load_state_dict(payload["early_head"])
+    model.eval()
+    inputs = normalize(raw, mean, std)
+    maps = gradient(model, inputs, labels)
+    state = "trained" if payload is not None else "untrained"
+    columns = [("original", raw), (f"saliency ({state} model)", maps)]
+    names = op_display_names(specs)
+    for index, (spec, name) in enumerate(zip(specs, names)):
+        ctx = BuildContext(model=model, num_classes=loaded.num_classes, early_head=lambda: head, seed=args.seed,
+                           device=device, mean=mean, std=std)
+        ops = build_ops([spec], ctx, prefix=f"op{index}")
+        needs_raw = _spec_has_policy(spec)
+        pipeline = Augmentation(ops, [name], (lambda x: normalize(x, mean, std)) if needs_raw else (lambda x: x))
+        out, _ = pipeline(raw.clone() if needs_raw else inputs.clone(), labels)
+        columns.append((name, out.float() * torch.tensor(std, device=device).view(1, -1, 1, 1)
+                        + torch.tensor(mean, device=device).view(1, -1, 1, 1)))
+    path = save_grid(columns, args.out, row_labels=[loaded.class_names[int(k)] for k in labels.cpu()],
+                     title=f"{config.data.name}: {config.model.name} ({state})")
+    if payload is None and any(s.get("saliency") in ("model", "early_head", "gradient") for s in specs):
+        print("note: no --checkpoint, so saliency comes from an untrained model", file=sys.stderr)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    argv = [a for a in args.args if a != "--"]
+    try:
+        benchmark = importlib.import_module("keepmix.benchmark")
+    except ImportError:
+        benchmark = None
+    if benchmark is not None and callable(getattr(benchmark, "main", None)):
+        return int(benchmark.main(argv) or 0)
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "overhead.py"
+    if script.is_file():
+        return subprocess.call([sys.executable, str(script), *argv])
+    print("error: the overhead benchmark is not available in this installation "
+          "(keepmix.benchmark is missing and there is no benchmarks/overhead.py)", file=sys.stderr)
+    return 2
+
+
+def cmd_plot(args) -> int:
+    from .viz import plot_curves, read_metrics
+    runs = {}
+    for item in args.runs:
+        path = Path(item)
+        csv_path = path / "metrics.csv" if path.is_dir() else path
+        if not csv_path.is_file():
+            raise SystemExit(f"error: no metrics.csv at {csv_path}")
+        runs[path.name if path.is_dir() else path.parent.name] = read_metrics(csv_path)
+    first = Path(args.runs[0])
+    out = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "curves.png"
+    plot_curves(runs if len(runs) > 1 else next(iter(runs.values())), out)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    if args.what == "recipes":
+        from .recipes import list_recipes
+        items = list_recipes()
+    elif args.what == "ops":
+        from .recipes import op_names
+        items = op_names()
+    elif args.what == "models":
+        from .models import MODELS
+        items = sorted(MODELS)
+    else:
+        from .data import available_datasets
+        items = available_datasets()
+    print("\n".join(items))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "show": cmd_show, "bench": cmd_bench, "plot": cmd_plot,
+            "list": cmd_list}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``keepmix`` console script (and ``python -m keepmix``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["train"]
+    parser = build_parser()
+    if argv[0] == "bench":  # everything after 'bench' belongs to the benchmark's own parser
+        return cmd_bench(argparse.Namespace(args=argv[1:]))
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
+        if os.environ.get("KEEPMIX_DEBUG"):
+            raise
+        print(f"keepmix {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Close the torchrun process group a training command joined (if any)."""
+    if "torch" in sys.modules:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":  # torchrun -m keepmix.cli train ...
+    raise SystemExit(main())

@@ -1,0 +1,825 @@
+"""Training recipes: the YAML ↔ :class:`TrainConfig` schema, overrides, and building from a config.
+
+A recipe is a YAML mapping with the fields of :class:`TrainConfig` (nested sections ``data``,
+``model``, ``optim``). Unknown keys raise ``ValueError`` naming the key; every value is checked
+against its field's type. ``extends: other.yaml`` (a path relative to the recipe) deep-merges the
+recipe on top of another one, so the papers' settings live in one base file each.
+
+Overrides ``key=value`` (``--set optim.lr=0.05``) are typed by the field: the value is parsed as
+YAML (``0.05`` → float, ``[1, 2]`` → list, ``null`` → None) and then checked like a recipe value.
+
+Augmentations are data: ``ops`` is a list of mappings ``{name: <op>, <kwarg>: <value>, ...}``
+built through :func:`build_ops`, whose registry covers every :class:`~keepmix.protocol.Op`
+subclass that exists in ``keepmix.keep``, ``keepmix.mix``, ``keepmix.erase``, ``keepmix.mixers``,
+``keepmix.compose`` and ``keepmix.policies`` (looked up at build time). Values are resolved so a
+recipe never names Python objects:
+
+* ``saliency: model`` → the model being trained (unwrapped); ``saliency: early_head`` → the
+  KeepAugment early head (created on demand, trained with the auxiliary loss);
+  ``saliency: spectral`` / ``gradient`` as the op defines them;
+* a mapping with a ``name`` key, or a list of them, is built as a nested op (``SelectivePaste``'s
+  ``transform``, ``Compose``'s ``ops``…);
+* ``model``, ``num_classes`` and ``generator`` are supplied when the op's constructor takes them
+  and the recipe does not give them (every op gets its own seeded ``torch.Generator``);
+* ``teacher: {model: resnet50, pretrained: path.pt}`` builds a frozen network (Attentive
+  CutMix); ``teacher: model`` uses the model being trained.
+
+``arms`` turns a recipe into a comparison: each arm ``{name, ops, set}`` is one run of the same
+recipe with its own ops and dotted overrides; :func:`expand_arms` yields one config per arm.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import importlib
+import importlib.util
+import inspect
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import yaml
+from torch import nn
+
+from .protocol import Op
+
+PathLike = Union[str, os.PathLike]
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are prepared (crop/flip/normalise run on the device).
+
+    ``name``: a data set known to :func:`keepmix.data.load_dataset` (``salient_shapes`` — the
+    embedded synthetic default —, ``cifar10``, ``cifar100``, ``tiny_imagenet``, ``cub200``,
+    ``stanford_cars``, ``fgvc_aircraft``, ``caltech101``, ``flowers102``, ``image_folder``).
+    ``kwargs`` go to the loader (for ``salient_shapes``: ``n_per_class``, ``clutter``,
+    ``object_size``…). ``train_size`` caps the training set at a class-stratified subset of that
+    many images, ``fraction`` keeps that share of every class (GuidedMixup's data-scarcity
+    study); ``val_fraction`` holds out a stratified share of the training set for evaluation
+    instead of the ``eval_split``. Subsets and splits are drawn with ``subset_seed`` (fixed
+    across training seeds). ``image_size`` decodes file-backed sets at that size (required for
+    them: every set lives on the device). ``crop_padding``/``flip``: the random crop (zero
+    padding) and horizontal flip applied per sample on the device.
+    """
+
+    name: str = "salient_shapes"
+    root: Optional[str] = None
+    download: bool = False
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    train_split: str = "train"
+    eval_split: str = "test"
+    train_size: Optional[int] = None
+    eval_size: Optional[int] = None
+    fraction: Optional[float] = None
+    val_fraction: Optional[float] = None
+    image_size: Optional[int] = None
+    crop_padding: int = 4
+    flip: bool = True
+    eval_batch_size: Optional[int] = None
+    subset_seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """The classifier: ``name`` for :func:`keepmix.models.build_model`, ``kwargs`` for its factory.
+
+    ``pretrained``: path to a local ``state_dict`` file (``torch.save(model.state_dict())``) loaded
+    before training — the FGVC settings start from ImageNet weights, which this library does not
+    download. The final classifier is skipped when its shape differs (a new head for the classes).
+    """
+
+    name: str = "resnet_small"
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    pretrained: Optional[str] = None
+
+
+@dataclass
+class OptimConfig:
+    """SGD and the learning-rate schedule.
+
+    ``batch_size`` is the global batch (split evenly across distributed ranks). ``schedule``:
+    ``cosine`` (per step, from ``lr`` to ``min_lr``), ``multistep`` (×``gamma`` at each epoch in
+    ``milestones``) or ``constant``; ``warmup_epochs`` ramps linearly from ``lr/warmup_steps`` to
+    ``lr`` first (may be fractional).
+    """
+
+    epochs: int = 300
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: List[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+
+
+@dataclass
+class ArmConfig:
+    """One arm of a comparison: its ops and dotted overrides applied to the recipe (``set``)."""
+
+    name: str = ""
+    ops: List[Dict[str, Any]] = field(default_factory=list)
+    set: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; YAML recipes map onto it one to one.
+
+    Runtime fields: ``device`` (``auto`` = CUDA when available), ``amp`` (``none``, ``bf16``,
+    ``fp16``), ``channels_last``, ``compile`` (``torch.compile`` of the training forward; saliency
+    uses the plain model), ``max_steps_per_epoch`` (cap for smoke runs), ``eval_every`` (epochs),
+    ``progress`` (tqdm bars), ``tensorboard`` (when installed), ``log_every`` (steps between tqdm
+    loss readouts — each one a device sync).
+
+    Loss fields: ``label_smoothing`` (applied once, in the soft-target loss); ``early_head`` forces
+    KeepAugment's early head (created anyway when an op asks for ``saliency: early_head``) and
+    ``early_head_weight`` weighs its auxiliary loss (0.3); ``jsd_weight`` > 0 turns on AugMix's
+    Jensen–Shannon consistency (12 in the AugMix paper): the ops run twice to make two views of
+    every image, the loss is the cross-entropy of the clean images plus ``jsd_weight`` × JS.
+    """
+
+    name: str = "run"
+    description: str = ""
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ops: List[Dict[str, Any]] = field(default_factory=list)
+    arms: List[ArmConfig] = field(default_factory=list)
+    early_head: bool = False
+    early_head_weight: float = 0.3
+    label_smoothing: float = 0.0
+    jsd_weight: float = 0.0
+    device: str = "auto"
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    max_steps_per_epoch: Optional[int] = None
+    eval_every: int = 1
+    progress: bool = True
+    tensorboard: bool = True
+    log_every: int = 50
+
+    def validate(self) -> "TrainConfig":
+        """Range checks that the type system cannot express; returns self."""
+        _require(self.seed >= 0, "seed", "must be >= 0", self.seed)
+        _require(self.optim.epochs >= 1, "optim.epochs", "must be >= 1", self.optim.epochs)
+        _require(self.optim.batch_size >= 1, "optim.batch_size", "must be >= 1", self.optim.batch_size)
+        _require(self.optim.lr > 0, "optim.lr", "must be > 0", self.optim.lr)
+        _require(0 <= self.optim.momentum < 1, "optim.momentum", "must be in [0, 1)", self.optim.momentum)
+        _require(not self.optim.nesterov or self.optim.momentum > 0, "optim.nesterov",
+                 "needs optim.momentum > 0", self.optim.nesterov)
+        _require(self.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0", self.optim.weight_decay)
+        _require(self.optim.schedule in SCHEDULES, "optim.schedule", f"must be one of {SCHEDULES}",
+                 self.optim.schedule)
+        _require(self.optim.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0", self.optim.warmup_epochs)
+        _require(self.optim.min_lr >= 0, "optim.min_lr", "must be >= 0", self.optim.min_lr)
+        _require(0 < self.optim.gamma <= 1, "optim.gamma", "must be in (0, 1]", self.optim.gamma)
+        _require(list(self.optim.milestones) == sorted(self.optim.milestones)
+                 and all(m >= 1 for m in self.optim.milestones), "optim.milestones",
+                 "must be increasing epochs >= 1", self.optim.milestones)
+        _require(self.amp in AMP_MODES, "amp", f"must be one of {AMP_MODES}", self.amp)
+        _require(self.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device) is not None,
+                 "device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'", self.device)
+        _require(0 <= self.label_smoothing <= 1, "label_smoothing", "must be in [0, 1]", self.label_smoothing)
+        _require(self.jsd_weight >= 0, "jsd_weight", "must be >= 0", self.jsd_weight)
+        _require(self.early_head_weight >= 0, "early_head_weight", "must be >= 0", self.early_head_weight)
+        _require(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max_steps_per_epoch",
+                 "must be >= 1 or null", self.max_steps_per_epoch)
+        _require(self.eval_every >= 1, "eval_every", "must be >= 1", self.eval_every)
+        _require(self.log_every >= 1, "log_every", "must be >= 1", self.log_every)
+        data = self.data
+        _require(data.crop_padding >= 0, "data.crop_padding", "must be >= 0", data.crop_padding)
+        _require(data.fraction is None or 0 < data.fraction <= 1, "data.fraction", "must be in (0, 1]",
+                 data.fraction)
+        _require(data.val_fraction is None or 0 < data.val_fraction < 1, "data.val_fraction",
+                 "must be in (0, 1)", data.val_fraction)
+        for key in ("train_size", "eval_size", "image_size", "eval_batch_size"):
+            value = getattr(data, key)
+            _require(value is None or value >= 1, f"data.{key}", "must be >= 1 or null", value)
+        _require(re.fullmatch(r"[A-Za-z0-9_.\-/]+", self.name) is not None and ".." not in self.name, "name",
+                 "must be letters, digits, '_', '-', '.', '/' (a path under output_dir)", self.name)
+        for index, spec in enumerate(self.ops):
+            check_op_spec(spec, f"ops[{index}]")
+        names = [arm.name for arm in self.arms]
+        for index, arm in enumerate(self.arms):
+            _require(re.fullmatch(r"[A-Za-z0-9_.\-]+", arm.name) is not None, f"arms[{index}].name",
+                     "must be a non-empty name of letters, digits, '_', '-', '.'", arm.name)
+            _require(names.count(arm.name) == 1, f"arms[{index}].name", "must be unique", arm.name)
+            for j, spec in enumerate(arm.ops):
+                check_op_spec(spec, f"arms[{index}].ops[{j}]")
+        return self
+
+
+SCHEDULES = ("cosine", "multistep", "constant")
+AMP_MODES = ("none", "bf16", "fp16")
+
+
+def _require(ok: bool, key: str, what: str, value) -> None:
+    if not ok:
+        raise ValueError(f"{key} {what}, got {value!r}")
+
+
+def check_op_spec(spec, where: str) -> None:
+    """An op spec is a mapping with a string ``name``."""
+    if not isinstance(spec, dict):
+        raise TypeError(f"{where} must be a mapping {{name: <op>, ...kwargs}}, got {spec!r}")
+    if not isinstance(spec.get("name"), str) or not spec["name"]:
+        raise ValueError(f"{where} needs a 'name' (the op), got {spec!r}")
+
+
+# --------------------------------------------------------------------------- dict <-> dataclass
+
+
+def _hints(cls) -> Dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value, tp, key: str):
+    """Check ``value`` against the annotation ``tp`` (ints accepted for floats); return it converted."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return copy.deepcopy(value)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except (TypeError, ValueError) as error:
+                errors.append(str(error))
+        raise TypeError(f"{key} must be {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return copy.deepcopy(value)
+        if not isinstance(value, dict):
+            raise TypeError(f"{key} must be a mapping (section {tp.__name__}), got {value!r}")
+        return _from_dict(tp, value, key + ".")
+    if origin in (list, List):
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise TypeError(f"{key} must be a list, got {value!r}")
+        (item,) = args or (Any,)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise TypeError(f"{key} must be a mapping, got {value!r}")
+        return copy.deepcopy(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"{key}: unsupported field type {tp!r}")  # pragma: no cover - schema error
+
+
+def _unknown_key(key: str, known: Sequence[str], prefix: str) -> ValueError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
+    return ValueError(f"unknown key {prefix + key!r}{hint}; known keys: {', '.join(prefix + k for k in known)}")
+
+
+def _from_dict(cls, data: Dict[str, Any], prefix: str = ""):
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise _unknown_key(str(key), names, prefix)
+    kwargs = {key: _coerce(value, hints[key], prefix + key) for key, value in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Dict[str, Any]) -> TrainConfig:
+    """Build a validated :class:`TrainConfig` from a mapping (unknown keys → ``ValueError``)."""
+    if not isinstance(data, dict):
+        raise TypeError(f"a recipe must be a mapping of config keys, got {type(data).__name__}")
+    data = {k: v for k, v in data.items() if k != "extends"}
+    return _from_dict(TrainConfig, data).validate()
+
+
+def config_to_dict(config: TrainConfig) -> Dict[str, Any]:
+    """Plain nested dict (YAML-safe) of a config."""
+    return dataclasses.asdict(config)
+
+
+def config_to_yaml(config: TrainConfig) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=None)
+
+
+# --------------------------------------------------------------------------- recipe files
+
+
+def recipe_dirs() -> List[Path]:
+    """Where recipe names are looked up: ``$KEEPMIX_RECIPES``, ``./recipes``, the source checkout's ``recipes/``."""
+    dirs = []
+    if os.environ.get("KEEPMIX_RECIPES"):
+        dirs.extend(Path(p) for p in os.environ["KEEPMIX_RECIPES"].split(os.pathsep) if p)
+    dirs.append(Path.cwd() / "recipes")
+    dirs.append(Path(__file__).resolve().parents[2] / "recipes")
+    unique = []
+    for d in dirs:
+        if d not in unique:
+            unique.append(d)
+    return unique
+
+
+def find_recipe(name: PathLike) -> Path:
+    """A recipe file: an existing path, or a name (``default``, ``keepaugment/cutout_resnet18``) in :func:`recipe_dirs`."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    candidates = [str(name)] if str(name).endswith((".yaml", ".yml")) else [f"{name}.yaml", f"{name}.yml"]
+    for folder in recipe_dirs():
+        for candidate in candidates:
+            if (folder / candidate).is_file():
+                return folder / candidate
+    searched = ", ".join(str(d) for d in recipe_dirs())
+    raise FileNotFoundError(f"recipe {str(name)!r} not found as a file or by name in: {searched}")
+
+
+def list_recipes() -> List[str]:
+    """Names of the recipes found in :func:`recipe_dirs` (files starting with '_' are bases, not listed)."""
+    names = set()
+    for folder in recipe_dirs():
+        if folder.is_dir():
+            for path in folder.rglob("*.yaml"):
+                if not path.name.startswith("_"):
+                    names.add(path.relative_to(folder).with_suffix("").as_posix())
+    return sorted(names)
+
+
+def _deep_merge(base: Dict[str, Any], top: Dict[str, Any]) -> Dict[str, Any]:
+    """``top`` over ``base``; mappings merge key by key, everything else (lists too) is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("kwargs", "set"):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_recipe(path: PathLike, _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
+    """The recipe at ``path`` as a dict, with ``extends`` resolved (relative to the file)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ValueError(f"recipe {path} extends itself (cycle: {' -> '.join(str(p) for p in _seen)})")
+    with open(path, "r", encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"recipe {path} must hold a mapping of config keys, got {type(data).__name__}")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise TypeError(f"extends in {path} must be a path string, got {parent!r}")
+    base = read_recipe(path.parent / parent, _seen + (path,))
+    return _deep_merge(base, data)
+
+
+def load_recipe(name: Optional[PathLike] = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Load a recipe file (a path or a name; ``None`` → ``default``) and apply ``key=value`` overrides."""
+    data = read_recipe(find_recipe("default" if name is None else name))
+    for item in overrides:
+        key, value = parse_override(item)
+        set_by_path(data, key, value)
+    return config_from_dict(data)
+
+
+def parse_override(item: str) -> Tuple[str, Any]:
+    """``"optim.lr=0.05"`` → ``("optim.lr", 0.05)``; the value is parsed as YAML."""
+    if not isinstance(item, str) or "=" not in item:
+        raise ValueError(f"an override must look like key=value (e.g. optim.lr=0.05), got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ValueError(f"an override needs a key before '=', got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ValueError(f"cannot parse the value of override {key!r}: {error}") from None
+    return key, value
+
+
+def set_by_path(data: Dict[str, Any], key: str, value: Any) -> None:
+    """Set ``data[a][b]… = value`` for ``key = "a.b…"``, checking each part against the schema.
+
+    A numeric part indexes a list (``arms.1.set``). Keys inside free-form mappings
+    (``data.kwargs``, ``model.kwargs``, op specs) are not checked here; the typed check of the
+    value happens when the dict becomes a config.
+    """
+    parts = key.split(".")
+    if any(not part for part in parts):
+        raise ValueError(f"override key {key!r} has an empty part")
+    cls = TrainConfig
+    node: Any = data
+    for depth, part in enumerate(parts):
+        prefix = ".".join(parts[:depth])
+        prefix = prefix + "." if prefix else ""
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ValueError(f"{prefix}{part}: {prefix.rstrip('.')} is a list of {len(node)}; "
+                                 f"use an index 0..{len(node) - 1}")
+            index = int(part)
+            item_type = cls
+            if last:
+                node[index] = value
+                return
+            node = node[index]
+            cls = item_type
+            continue
+        if cls is not None:
+            names = [f.name for f in dataclasses.fields(cls)]
+            if part not in names:
+                raise _unknown_key(part, names, prefix)
+            tp = _hints(cls)[part]
+            if typing.get_origin(tp) in (list, List):
+                (item,) = typing.get_args(tp) or (Any,)
+                cls = item if dataclasses.is_dataclass(item) else None
+            else:
+                cls = tp if dataclasses.is_dataclass(tp) else None
+        if last:
+            node[part] = value
+            return
+        child = node.get(part)
+        if not isinstance(child, (dict, list)):
+            child = {}
+            node[part] = child
+        node = child
+
+
+def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
+    """A new config: ``config`` with ``key=value`` overrides applied and re-validated."""
+    data = config_to_dict(config)
+    for item in overrides:
+        key, value = parse_override(item)
+        set_by_path(data, key, value)
+    return config_from_dict(data)
+
+
+def expand_arms(config: TrainConfig, only: Optional[Sequence[str]] = None) -> List[Tuple[str, TrainConfig]]:
+    """One ``(arm name, config)`` per arm (``ops`` and ``set`` applied, ``arms`` cleared).
+
+    A config without arms gives itself under the name ``""``. ``only`` picks arms by name.
+    """
+    if not config.arms:
+        if only:
+            raise ValueError(f"arm(s) {list(only)} requested but the recipe {config.name!r} has no arms")
+        return [("", config)]
+    names = [arm.name for arm in config.arms]
+    if only:
+        missing = [name for name in only if name not in names]
+        if missing:
+            raise ValueError(f"unknown arm(s) {missing}; the recipe's arms are: {', '.join(names)}")
+    result = []
+    for arm in config.arms:
+        if only and arm.name not in only:
+            continue
+        data = config_to_dict(config)
+        data["arms"] = []
+        if arm.ops:
+            data["ops"] = copy.deepcopy(arm.ops)
+        for key, value in arm.set.items():
+            if key.split(".")[0] in ("arms", "name", "output_dir"):
+                raise ValueError(f"arms[{arm.name}].set may not change {key!r}")
+            set_by_path(data, key, value)
+        data["name"] = f"{config.name}/{arm.name}"
+        result.append((arm.name, config_from_dict(data)))
+    return result
+
+
+# --------------------------------------------------------------------------- the op registry
+
+OP_MODULES = ("keepmix.keep", "keepmix.mix", "keepmix.erase", "keepmix.mixers", "keepmix.compose",
+              "keepmix.policies")
+
+#: recipe names for common settings of one class: name -> (class name, default kwargs)
+OP_PRESETS: Dict[str, Tuple[str, Dict[str, Any]]] = {
+    "guided_sr": ("GuidedMixup", {"saliency": "spectral"}),
+    "guided_ap": ("GuidedMixup", {"saliency": "gradient"}),
+}
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def op_registry() -> Dict[str, type]:
+    """Every concrete :class:`Op` subclass found now in :data:`OP_MODULES`, keyed by class name.
+
+    Modules that do not exist (yet) are skipped; a module that exists but fails to import raises.
+    """
+    registry: Dict[str, type] = {}
+    for module_name in OP_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name is not None and module_name.startswith(error.name):
+                continue
+            raise
+        for obj in vars(module).values():
+            if inspect.isclass(obj) and issubclass(obj, Op) and not inspect.isabstract(obj) \
+                    and obj.__module__.startswith("keepmix."):
+                registry.setdefault(obj.__name__, obj)
+    return registry
+
+
+def op_names() -> List[str]:
+    """Recipe names of every registered op (snake_case class names) and presets."""
+    return sorted({_snake(n) for n in op_registry()} | set(OP_PRESETS))
+
+
+def resolve_op(name: str) -> Tuple[type, Dict[str, Any]]:
+    """``(class, preset kwargs)`` for a recipe op name (case, '_' and '-' do not matter)."""
+    if not isinstance(name, str):
+        raise TypeError(f"op name must be a string, got {name!r}")
+    key = _normal(name)
+    registry = op_registry()
+    for preset, (cls_name, kwargs) in OP_PRESETS.items():
+        if _normal(preset) == key and cls_name in registry:
+            return registry[cls_name], dict(kwargs)
+    for cls_name, cls in registry.items():
+        if _normal(cls_name) == key:
+            return cls, {}
+    missing = [m for m in OP_MODULES if importlib.util.find_spec(m) is None]
+    note = f" (modules not available: {', '.join(missing)})" if missing else ""
+    raise ValueError(f"unknown op {name!r}; available ops: {', '.join(op_names())}{note}")
+
+
+# --------------------------------------------------------------------------- building ops
+
+
+class NormalizedInput:
+    """Saliency source for ops that run on un-normalised images: normalise, then ask ``source``.
+
+    Image-level policies work on pixels in [0, 1] (or 0–255), while the model expects normalised
+    input; this wraps a source so its maps are those of the model's actual input
+    ``(x / scale − mean) / std`` (``scale`` 255 for uint8).
+    """
+
+    def __init__(self, source: Callable, mean: Sequence[float], std: Sequence[float]):
+        self.source = source
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def __call__(self, images: torch.Tensor, targets=None) -> torch.Tensor:
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        return self.source((x - mean) / std, targets)
+
+    def __repr__(self) -> str:
+        return f"NormalizedInput({self.source!r})"
+
+
+@dataclass
+class BuildContext:
+    """What op construction may need from the run.
+
+    ``early_head``: a zero-argument callable returning the (shared) early head; called only when
+    an op asks for ``saliency: early_head``. ``mean``/``std``: the normalisation, used to wrap
+    model saliency for ops that run on un-normalised images. ``device``: where generators live.
+    """
+
+    model: Optional[nn.Module] = None
+    num_classes: Optional[int] = None
+    early_head: Optional[Callable[[], nn.Module]] = None
+    seed: int = 0
+    device: Union[str, torch.device] = "cpu"
+    mean: Optional[Sequence[float]] = None
+    std: Optional[Sequence[float]] = None
+    generators: Dict[str, torch.Generator] = field(default_factory=dict)
+
+
+def op_space(op) -> str:
+    """``"raw"`` for ops that work on un-normalised pixels (image-level policies), else ``"normalized"``.
+
+    An op may declare ``input_space``; otherwise ops from ``keepmix.policies`` are raw, and a
+    wrapper (``SelectivePaste``, ``Compose``…) is raw when anything it wraps is.
+    """
+    declared = getattr(op, "input_space", None)
+    if declared in ("raw", "normalized"):
+        return declared
+    if type(op).__module__.startswith("keepmix.policies"):
+        return "raw"
+    for inner in _inner_ops(op):
+        if op_space(inner) == "raw":
+            return "raw"
+    return "normalized"
+
+
+def _inner_ops(op) -> List[Any]:
+    inner = []
+    for value in vars(op).values():
+        if isinstance(value, Op):
+            inner.append(value)
+        elif isinstance(value, (list, tuple)):
+            inner.extend(v for v in value if isinstance(v, Op))
+    return inner
+
+
+def _is_spec(value) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("name"), str)
+
+
+def _op_seed(seed: int, path: str) -> int:
+    """A stable 63-bit seed per (run seed, op path): FNV-1a of the path mixed with the seed."""
+    h = 0xcbf29ce484222325
+    for byte in f"{seed}:{path}".encode():
+        h = ((h ^ byte) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def _raw_space_class(cls) -> bool:
+    return cls.__module__.startswith("keepmix.policies")
+
+
+def _saliency_value(value, spec: Dict[str, Any], ctx: BuildContext, raw: bool, path: str):
+    """Resolve ``saliency: model | early_head`` (wrapped for raw-space ops)."""
+    if value not in ("model", "early_head"):
+        return value
+    if value == "model":
+        if ctx.model is None:
+            raise ValueError(f"{path}: saliency 'model' needs a model to build the op with")
+        source = ctx.model
+    else:
+        if ctx.early_head is None:
+            raise ValueError(f"{path}: saliency 'early_head' needs a model with an early head")
+        source = ctx.early_head()
+    if not raw:
+        return source
+    if ctx.mean is None or ctx.std is None:
+        raise ValueError(f"{path}: a raw-space op with model saliency needs the normalisation mean/std")
+    from .saliency import as_source
+    scale = spec.get("scale", spec.get("saliency_scale", 1.0))
+    return NormalizedInput(as_source(source, reduce="max", scale=scale), ctx.mean, ctx.std)
+
+
+def build_op(spec: Dict[str, Any], ctx: BuildContext, path: str = "ops[0]"):
+    """Build one op from its recipe mapping (see the module docstring for the resolution rules)."""
+    check_op_spec(spec, path)
+    cls, kwargs = resolve_op(spec["name"])
+    kwargs.update({k: v for k, v in spec.items() if k != "name"})
+    signature = inspect.signature(cls.__init__)
+    params = signature.parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [k for k in kwargs if k not in params and not takes_any]
+    if unknown:
+        accepted = [p for p in params if p not in ("self",)]
+        raise ValueError(f"{path}: {cls.__name__} has no argument(s) {unknown}; it accepts: {', '.join(accepted)}")
+    nested_raw = False
+    for key, value in list(kwargs.items()):
+        if _is_spec(value):
+            kwargs[key] = build_op(value, ctx, f"{path}.{key}")
+            nested_raw = nested_raw or op_space(kwargs[key]) == "raw"
+        elif isinstance(value, list) and value and all(_is_spec(v) for v in value):
+            kwargs[key] = [build_op(v, ctx, f"{path}.{key}[{i}]") for i, v in enumerate(value)]
+            nested_raw = nested_raw or any(op_space(op) == "raw" for op in kwargs[key])
+    raw = _raw_space_class(cls) or nested_raw
+    for key in list(kwargs):
+        if key in ("model", "teacher") and kwargs[key] == "model":
+            if ctx.model is None:
+                raise ValueError(f"{path}: {key} 'model' needs the model being trained")
+            kwargs[key] = ctx.model
+        elif isinstance(kwargs[key], dict) and isinstance(kwargs[key].get("model"), str) and "name" not in kwargs[key]:
+            kwargs[key] = build_frozen_model(kwargs[key], ctx, f"{path}.{key}")
+    if "saliency" in kwargs:
+        kwargs["saliency"] = _saliency_value(kwargs["saliency"], spec, ctx, raw, path)
+    if "model" in params and "model" not in kwargs and ctx.model is not None:
+        kwargs["model"] = ctx.model
+    if "num_classes" in params and "num_classes" not in kwargs and ctx.num_classes is not None:
+        kwargs["num_classes"] = ctx.num_classes
+    if "generator" in params and "generator" not in kwargs:
+        device = torch.device(ctx.device)
+        generator = torch.Generator(device=device)
+        generator.manual_seed(_op_seed(ctx.seed, path))
+        ctx.generators[path] = generator
+        kwargs["generator"] = generator
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{path} ({cls.__name__}): {error}") from error
+
+
+def build_frozen_model(spec: Dict[str, Any], ctx: BuildContext, path: str) -> nn.Module:
+    """A frozen auxiliary network (Attentive CutMix's teacher) from ``{model, num_classes, kwargs, pretrained}``.
+
+    ``num_classes`` defaults to the run's; ``pretrained`` is a local state_dict path (strongly
+    advised: an untrained teacher attends at random). The network is put in eval mode with
+    ``requires_grad`` off, on the run's device.
+    """
+    unknown = set(spec) - {"model", "num_classes", "kwargs", "pretrained"}
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; a network is given by "
+                         "{model, num_classes, kwargs, pretrained}")
+    from .models import build_model
+    num_classes = spec.get("num_classes", ctx.num_classes)
+    if num_classes is None:
+        raise ValueError(f"{path}: num_classes is needed to build {spec['model']!r}")
+    network = build_model(spec["model"], num_classes, **(spec.get("kwargs") or {}))
+    if spec.get("pretrained"):
+        load_pretrained(network, spec["pretrained"])
+    network.eval().requires_grad_(False)
+    return network.to(ctx.device)
+
+
+def build_ops(specs: Sequence[Dict[str, Any]], ctx: BuildContext, prefix: str = "ops") -> List[Any]:
+    """Build the ops of a recipe in order; ``ctx.generators`` collects every op generator by path."""
+    return [build_op(spec, ctx, f"{prefix}[{i}]") for i, spec in enumerate(specs)]
+
+
+def uses_early_head(specs: Sequence[Dict[str, Any]]) -> bool:
+    """Whether any op (nested ones included) asks for ``saliency: early_head``."""
+    def visit(value) -> bool:
+        if isinstance(value, dict):
+            return value.get("saliency") == "early_head" or any(visit(v) for v in value.values())
+        if isinstance(value, list):
+            return any(visit(v) for v in value)
+        return False
+    return visit(list(specs))
+
+
+# --------------------------------------------------------------------------- models
+
+
+def build_model_from_config(config: ModelConfig, num_classes: int) -> nn.Module:
+    """The model of a recipe, with ``pretrained`` weights loaded when given."""
+    from .models import build_model
+    model = build_model(config.name, num_classes, **config.kwargs)
+    if config.pretrained:
+        load_pretrained(model, config.pretrained)
+    return model
+
+
+def load_pretrained(model: nn.Module, path: PathLike) -> List[str]:
+    """Load a local state_dict into ``model``; returns the keys skipped for a shape mismatch.
+
+    Accepts a bare state_dict or a keepmix checkpoint (its ``model`` entry). Entries whose shape
+    differs (the classifier of another class count) are skipped; missing or unexpected keys
+    otherwise raise ``ValueError``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.pretrained: no such file {str(path)!r} (a local state_dict is expected)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    own = model.state_dict()
+    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    state = {k: v for k, v in state.items() if k not in skipped}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k not in skipped]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"model.pretrained {str(path)!r} does not match {type(model).__name__}: "
+                         f"missing {missing[:5]}, unexpected {list(result.unexpected_keys)[:5]}")
+    return skipped
+
+
+__all__ = [
+    "AMP_MODES", "ArmConfig", "BuildContext", "DataConfig", "ModelConfig", "NormalizedInput", "OP_MODULES",
+    "OP_PRESETS", "OptimConfig", "SCHEDULES", "TrainConfig", "apply_overrides", "build_model_from_config",
+    "build_op", "build_ops", "config_from_dict", "config_to_dict", "config_to_yaml", "expand_arms",
+    "find_recipe", "list_recipes", "load_pretrained", "load_recipe", "op_names", "op_registry", "op_space",
+    "parse_override", "read_recipe", "recipe_dirs", "resolve_op", "set_by_path", "uses_early_head",
+]

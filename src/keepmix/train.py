@@ -1,0 +1,1095 @@
+"""The training engine: one step reads top-down, batch → saliency → augmentation or mix → loss → step.
+
+.. code-block:: text
+
+    images, labels  ← the device-resident loader (crop, flip on the device)
+    images, targets ← raw-space ops (image-level policies), normalise, then the other ops in order;
+                      ops that need saliency compute it inside, on the unwrapped model
+    logits          ← model(images)            (AMP autocast, channels_last, torch.compile if chosen)
+    loss            ← soft-target cross-entropy(logits, targets) [+ early-head auxiliary loss]
+    step            ← backward, SGD (momentum, Nesterov, weight decay), the schedule's lr for this step
+
+Any :class:`~keepmix.protocol.Op` or composition works, because the engine only relies on the
+protocol ``op(images, targets) -> (images, targets)``; class-index and soft targets both go to
+:func:`keepmix.losses.soft_target_cross_entropy` (equal to cross-entropy on class indices).
+
+What one run writes under ``runs/<name>/``: ``config.yaml``; ``metrics.csv`` (one row per epoch:
+epoch, step, lr, train loss/accuracy, eval loss/top-1/top-5, seconds, and every op's fidelity
+statistics — fallback rate and count, λ mean, share of saliency kept); ``checkpoint.pt`` (written
+atomically every epoch); ``curves.png``; TensorBoard events when ``tensorboard`` is installed.
+
+**Exact resume.** The checkpoint holds the model, early head, optimiser, AMP scaler, epoch and
+step, the metrics so far, and every random state: torch CPU and CUDA, Python, NumPy, each op's
+generator and the loader's state. A run stopped after epoch k and resumed ends bit-identical (on
+CPU) to one that never stopped. The learning rate is a pure function of the step, so the
+schedule needs no state of its own.
+
+**Distributed.** Under ``torchrun`` every rank trains on its shard of each epoch (gloo on CPU,
+NCCL on CUDA). Saliency uses the unwrapped model, pairing stays within each rank's batch, and the
+metrics are summed across ranks before they are logged. ``optim.batch_size`` is the global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .losses import soft_target_cross_entropy
+from .recipes import (BuildContext, DataConfig, OptimConfig, TrainConfig, build_model_from_config, build_ops,
+                      config_from_dict, config_to_dict, config_to_yaml, expand_arms, op_space, uses_early_head)
+
+CHECKPOINT_VERSION = 1
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class Distributed:
+    """This process's place in a (possibly one-process) job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> Distributed:
+    """Join the ``torchrun`` job described by the environment (gloo on CPU, NCCL on CUDA), if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend, init_method="env://")
+    return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
+
+
+def all_reduce_sum(tensor: torch.Tensor, job: Distributed) -> torch.Tensor:
+    """Sum over ranks (in place; a no-op in a one-process run)."""
+    if job.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def resolve_device(name: str, job: Distributed) -> torch.device:
+    """``auto`` → ``cuda:<local rank>`` when CUDA is available, else CPU; ``cuda`` gets the local rank too."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was requested but CUDA is not available")
+        return torch.device("cuda", job.local_rank)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was requested but CUDA is not available")
+    return device
+
+
+# --------------------------------------------------------------------------- schedule and optimiser
+
+
+def learning_rate(step: int, steps_per_epoch: int, optim: OptimConfig) -> float:
+    """The learning rate of optimiser step ``step`` (0-based).
+
+    With ``W = round(warmup_epochs · steps_per_epoch)`` warm-up steps and ``T = epochs ·
+    steps_per_epoch`` steps in all:
+
+    * warm-up (``step < W``): ``lr · (step + 1) / W``;
+    * cosine: ``min_lr + (lr − min_lr) · (1 + cos(π t)) / 2`` with ``t = (step − W) / (T − W)``;
+    * multistep: ``lr · gamma^m``, m = number of milestones ≤ the epoch ``⌊step / steps_per_epoch⌋``;
+    * constant: ``lr``.
+    """
+    total = optim.epochs * steps_per_epoch
+    warmup = int(round(optim.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return optim.lr * (step + 1) / warmup
+    if optim.schedule == "cosine":
+        t = (step - warmup) / max(1, total - warmup)
+        return optim.min_lr + (optim.lr - optim.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+    if optim.schedule == "multistep":
+        epoch = step // steps_per_epoch
+        return optim.lr * optim.gamma ** sum(1 for m in optim.milestones if epoch >= m)
+    return optim.lr
+
+
+def build_optimizer(params: Iterable[nn.Parameter], optim: OptimConfig) -> torch.optim.SGD:
+    """SGD with momentum, Nesterov and weight decay on every parameter (as the papers train)."""
+    return torch.optim.SGD(list(params), lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov,
+                           weight_decay=optim.weight_decay)
+
+
+# --------------------------------------------------------------------------- op statistics
+
+
+class OpStats:
+    """Per-epoch means of the ops' ``last_stats``, accumulated on the device (read once per epoch).
+
+    Floating-point and boolean statistics are averaged over samples (a boolean mean is a rate);
+    boolean ones also get ``<stat>_count``. Integer statistics (box centres, op indices) are
+    bookkeeping, not fidelity, and are skipped.
+    """
+
+    def __init__(self):
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.counts: Dict[str, int] = {}
+        self.bool_keys: set = set()
+
+    def add(self, op_name: str, stats: Dict[str, torch.Tensor]) -> None:
+        for key, value in stats.items():
+            if not isinstance(value, torch.Tensor) or not (value.is_floating_point() or value.dtype == torch.bool):
+                continue
+            name = f"{op_name}.{key}"
+            total = value.detach().float().sum()
+            self.sums[name] = self.sums[name] + total.to(self.sums[name].device) if name in self.sums else total
+            self.counts[name] = self.counts.get(name, 0) + value.numel()
+            if value.dtype == torch.bool:
+                self.bool_keys.add(name)
+
+    def summary(self, job: Distributed, device: torch.device) -> Dict[str, float]:
+        """Means (and boolean counts) over the epoch, summed over ranks; one device read."""
+        names = sorted(self.sums)
+        if job.enabled:  # every rank must reduce the same vector: agree on the union of names first
+            gathered: List[Any] = [None] * job.world_size
+            dist.all_gather_object(gathered, (names, sorted(self.bool_keys)))
+            names = sorted({n for rank_names, _ in gathered for n in rank_names})
+            self.bool_keys.update(k for _, keys in gathered for k in keys)
+        if not names:
+            return {}
+        zero = torch.zeros((), device=device)
+        sums = torch.stack([self.sums[n].to(device) if n in self.sums else zero for n in names])
+        counts = torch.tensor([float(self.counts.get(n, 0)) for n in names], device=device)
+        both = all_reduce_sum(torch.stack([sums, counts]), job).cpu()
+        out = {}
+        for i, name in enumerate(names):
+            total, count = float(both[0, i]), float(both[1, i])
+            out[name] = total / count if count else math.nan
+            if name in self.bool_keys:
+                out[name + "_count"] = total
+        return out
+
+
+# --------------------------------------------------------------------------- random state
+
+
+def capture_rng(generators: Dict[str, torch.Generator]) -> Dict[str, Any]:
+    """Every random state of this process: torch CPU/CUDA, Python, NumPy and the op generators."""
+    state: Dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "generators": {path: g.get_state() for path, g in generators.items()},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+        state["numpy"] = np.random.get_state()
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        pass
+    return state
+
+
+def restore_rng(state: Dict[str, Any], generators: Dict[str, torch.Generator]) -> None:
+    """Inverse of :func:`capture_rng` (the op generators must have the same paths)."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+        np.random.set_state(state["numpy"])
+    saved = state.get("generators", {})
+    if set(saved) != set(generators):
+        raise ValueError(f"the checkpoint's op generators {sorted(saved)} do not match this run's "
+                         f"{sorted(generators)}: the ops differ from the checkpointed run")
+    for path, generator in generators.items():
+        generator.set_state(saved[path])
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(payload: Dict[str, Any], path: os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_checkpoint(path: os.PathLike, map_location="cpu") -> Dict[str, Any]:
+    """Read a keepmix checkpoint (a run folder or the ``checkpoint.pt`` file)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+    # the checkpoint holds plain Python RNG tuples and NumPy state: trusted files written by keepmix
+    payload = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != "keepmix-checkpoint":
+        raise ValueError(f"{str(path)!r} is not a keepmix checkpoint")
+    return payload
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> torch.Tensor:
+    """Counts of samples whose label is among the top-k logits, one per k (float32 tensor, on device).
+
+    k is capped at the number of classes (top-5 of a 3-class problem counts every sample).
+    """
+    kmax = min(max(ks), logits.shape[1])
+    top = logits.topk(kmax, dim=1).indices
+    hit = top.eq(labels.view(-1, 1))
+    return torch.stack([hit[:, :min(k, kmax)].any(dim=1).float().sum() for k in ks])
+
+
+def _hard_labels(targets: torch.Tensor) -> torch.Tensor:
+    return targets.argmax(dim=1) if targets.ndim == 2 else targets
+
+
+@contextlib.contextmanager
+def _no_context():
+    yield
+
+
+def autocast_context(device: torch.device, amp: str):
+    """``torch.autocast`` for ``amp`` ∈ {bf16, fp16} on the device type; a no-op for ``none``."""
+    if amp == "none":
+        return _no_context()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]], *, device: torch.device,
+             amp: str = "none", channels_last: bool = False, job: Optional[Distributed] = None) -> Dict[str, float]:
+    """Top-1, top-5 (percent) and mean cross-entropy of ``model`` over ``batches`` (normalised images).
+
+    The model runs in eval mode and is put back in the mode it was in. Sums are reduced over
+    ranks, so every rank gets the metrics of the whole evaluation set.
+    """
+    job = job or Distributed()
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, device=device)  # loss sum, top-1, top-5, count
+    try:
+        for images, labels in batches:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast_context(device, amp):
+                logits = model(images)
+            logits = logits.float()
+            loss = nn.functional.cross_entropy(logits, labels, reduction="sum")
+            sums += torch.cat([loss.view(1), topk_correct(logits, labels), torch.ones(1, device=device)
+                               * labels.shape[0]])
+    finally:
+        model.train(was_training)
+    total = all_reduce_sum(sums, job).cpu()
+    count = float(total[3])
+    if count == 0:
+        raise ValueError("evaluate got no samples")
+    return {"loss": float(total[0]) / count, "top1": 100.0 * float(total[1]) / count,
+            "top5": 100.0 * float(total[2]) / count, "count": count}
+
+
+# --------------------------------------------------------------------------- the network being trained
+
+
+class TrainNet(nn.Module):
+    """The model plus the optional early head, so one DDP wrapper syncs both.
+
+    ``forward(images, targets) -> (logits, auxiliary loss or None)``; the early head reads the
+    first block's output that its hook kept during the model's forward.
+    """
+
+    def __init__(self, model: nn.Module, early_head: Optional[nn.Module] = None,
+                 forward_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+        super().__init__()
+        self.model = model
+        self.early_head = early_head
+        object.__setattr__(self, "_forward_fn", forward_fn or model)  # a compiled view shares the parameters
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor):
+        logits = self._forward_fn(images)
+        aux = self.early_head.loss(targets) if self.early_head is not None else None
+        return logits, aux
+
+
+# --------------------------------------------------------------------------- augmentation pipeline
+
+
+class Augmentation:
+    """The run's ops in order: raw-space ops (on pixels), normalisation, then the normalised-space ops.
+
+    ``normalize`` maps the loader's raw batch to the model's input; ops are called as
+    ``op(images, targets)`` and their ``last_stats`` go to :class:`OpStats` under their names.
+    """
+
+    def __init__(self, ops: Sequence[Any], names: Sequence[str], normalize: Callable[[torch.Tensor], torch.Tensor]):
+        spaces = [op_space(op) for op in ops]
+        first_normalized = next((i for i, s in enumerate(spaces) if s == "normalized"), len(ops))
+        late_raw = [names[i] for i in range(first_normalized, len(ops)) if spaces[i] == "raw"]
+        if late_raw:
+            raise ValueError(f"ops {late_raw} work on un-normalised pixels (image-level policies) and must come "
+                             "before every op that works on normalised images")
+        self.raw = list(zip(names[:first_normalized], ops[:first_normalized]))
+        self.normalized = list(zip(names[first_normalized:], ops[first_normalized:]))
+        self.normalize = normalize
+        self.stats = OpStats()
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        for name, op in self.raw:
+            images, targets = op(images, targets)
+            self.stats.add(name, getattr(op, "last_stats", {}) or {})
+        images = self.normalize(images)
+        for name, op in self.normalized:
+            images, targets = op(images, targets)
+            self.stats.add(name, getattr(op, "last_stats", {}) or {})
+        return images, targets
+
+    def views(self, images: torch.Tensor, targets: torch.Tensor, count: int = 2):
+        """AugMix's consistency inputs: ``(clean, [view_1, …, view_count])``, all normalised.
+
+        The clean batch is only normalised; each view is an independent pass of the ops. Only
+        label-preserving ops make sense here (the views must share the clean image's label).
+        """
+        clean = self.normalize(images)
+        outputs = []
+        for _ in range(count):
+            view, view_targets = self(images, targets)
+            if view_targets is not targets:
+                raise ValueError("jsd_weight needs label-preserving ops (AugMix, policies, erasing); "
+                                 "an op changed the targets")
+            outputs.append(view)
+        return clean, outputs
+
+
+def op_display_names(specs: Sequence[Dict[str, Any]]) -> List[str]:
+    """Unique names for the ops of a recipe: their ``name`` (``_2``, ``_3``… for repeats)."""
+    names: List[str] = []
+    for spec in specs:
+        base = str(spec["name"])
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class RunData:
+    """The data of a run, ready on the device."""
+
+    train: Any                    # iterable of (images, labels) batches with __len__, state_dict, load_state_dict
+    eval_batches: Callable[[], Iterator[Tuple[torch.Tensor, torch.Tensor]]]
+    normalize: Callable[[torch.Tensor], torch.Tensor]
+    num_classes: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    train_size: int
+    eval_size: int
+    class_names: List[str] = field(default_factory=list)
+
+
+def _data_module():
+    try:
+        from . import data as data_module
+        data_module.load_dataset, data_module.DeviceLoader, data_module.normalize  # noqa: B018
+    except (ImportError, AttributeError) as error:  # pragma: no cover - the package ships keepmix.data
+        raise RuntimeError(f"keepmix.data does not provide load_dataset, DeviceLoader and normalize ({error})") from None
+    return data_module
+
+
+def load_split(config: DataConfig, split: str):
+    """One split of the recipe's data set as uint8 images N×C×H×W and int64 labels, plus its description.
+
+    In-memory sets come back as they are; file-backed ones are decoded at ``data.image_size``
+    (required for them, so every image has one size and the set can live on the device).
+    """
+    data = _data_module()
+    options = dict(config.kwargs)
+    if config.image_size is not None:
+        options.setdefault("image_size", config.image_size)
+    loaded = data.load_dataset(config.name, config.root, split, download=config.download, **options)
+    if loaded.images is not None:
+        images, labels = loaded.images, loaded.labels
+    else:
+        if not hasattr(loaded.dataset, "to_tensors") or getattr(loaded.dataset, "image_size", None) is None:
+            raise ValueError(f"data set {config.name!r} is read from files: set data.image_size so its images "
+                             "can be decoded to one size and kept on the device")
+        images, labels = loaded.dataset.to_tensors()
+    return images, labels.long(), loaded
+
+
+def _subset(labels: torch.Tensor, num_classes: int, size: Optional[int], fraction: Optional[float],
+            seed: int, what: str) -> Optional[torch.Tensor]:
+    from .data import stratified_subset
+    if fraction is not None:
+        return stratified_subset(labels, fraction=fraction, generator=torch.Generator().manual_seed(seed),
+                                 num_classes=None)
+    if size is not None and size < labels.shape[0]:
+        per_class = size // num_classes
+        if per_class < 1:
+            raise ValueError(f"{what} {size} is smaller than the number of classes ({num_classes})")
+        return stratified_subset(labels, per_class=per_class, generator=torch.Generator().manual_seed(seed + 1))
+    return None
+
+
+class ShardedLoader:
+    """Rank ``r``'s share of every global batch of a :class:`keepmix.data.DeviceLoader`.
+
+    All ranks draw the same epoch order (same loader seed); global batch ``b`` holds
+    ``order[b·G:(b+1)·G]`` and rank r takes its r-th slice of ``G / world`` samples, augmented
+    with the loader's stream for batch ``b·world + r``. Incomplete global batches are dropped.
+    ``state_dict`` (seed, epoch, next batch) resumes exactly, like the loader's own.
+    """
+
+    def __init__(self, loader, rank: int, world_size: int):
+        self.loader = loader
+        self.rank, self.world_size = rank, world_size
+        self.global_batch = loader.batch_size * world_size
+        self.epoch = 0
+        self.batch_index = 0
+
+    def __len__(self) -> int:
+        return self.loader.num_samples // self.global_batch
+
+    def __iter__(self):
+        batches = len(self)
+        if self.batch_index >= batches:
+            self.epoch += 1
+            self.batch_index = 0
+        if batches == 0:
+            return
+        epoch = self.epoch
+        order = self.loader.epoch_order(epoch)
+        share = self.loader.batch_size
+        while self.batch_index < batches:
+            b = self.batch_index
+            start = b * self.global_batch + self.rank * share
+            self.batch_index = b + 1
+            yield self.loader.make_batch(order[start:start + share], epoch, b * self.world_size + self.rank)
+        self.epoch += 1
+        self.batch_index = 0
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"seed": self.loader.seed, "epoch": self.epoch, "batch_index": self.batch_index,
+                "rank": self.rank, "world_size": self.world_size}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        if int(state["world_size"]) != self.world_size or int(state["rank"]) != self.rank:
+            raise ValueError("the loader state belongs to another rank layout")
+        self.loader.seed, self.epoch, self.batch_index = int(state["seed"]), int(state["epoch"]), int(state["batch_index"])
+
+
+def _eval_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, normalize: Callable,
+                  job: Distributed) -> Callable[[], Iterator[Tuple[torch.Tensor, torch.Tensor]]]:
+    """Contiguous shard per rank, un-augmented batches, normalised on the device."""
+    n = images.shape[0]
+    lo, hi = n * job.rank // job.world_size, n * (job.rank + 1) // job.world_size
+
+    def batches():
+        for start in range(lo, hi, batch_size):
+            stop = min(start + batch_size, hi)
+            yield normalize(images[start:stop]), labels[start:stop]
+    return batches
+
+
+def load_sets(spec: DataConfig, cache: Optional[Dict[str, Any]] = None, *, eval_only: bool = False):
+    """The training and evaluation sets of a recipe: ``(train images, labels, eval images, labels, description)``.
+
+    The evaluation set is the ``eval_split`` or, with ``val_fraction``, a stratified part held out
+    of the training split; then ``fraction``/``train_size`` and ``eval_size`` subsets are taken
+    (seeded by ``subset_seed``). ``eval_only`` skips the training set when it is not needed
+    (its entries are then ``None``).
+    """
+    def split_data(split: str):
+        if cache is None:
+            return load_split(spec, split)
+        key = repr((spec.name, spec.root, spec.download, spec.kwargs, spec.image_size, split))
+        if key not in cache:
+            cache[key] = load_split(spec, split)
+        return cache[key]
+
+    images = labels = None
+    if spec.val_fraction is not None:
+        from .data import train_val_split
+        images, labels, loaded = split_data(spec.train_split)
+        train_idx, val_idx = train_val_split(labels, spec.val_fraction,
+                                             torch.Generator().manual_seed(spec.subset_seed),
+                                             num_classes=loaded.num_classes)
+        eval_images, eval_labels = images[val_idx], labels[val_idx]
+        images, labels = images[train_idx], labels[train_idx]
+    else:
+        eval_images, eval_labels, loaded = split_data(spec.eval_split)
+        if not eval_only:
+            images, labels, loaded = split_data(spec.train_split)
+    num_classes = loaded.num_classes
+    if not eval_only:
+        picked = _subset(labels, num_classes, spec.train_size, spec.fraction, spec.subset_seed, "data.train_size")
+        if picked is not None:
+            images, labels = images[picked], labels[picked]
+    picked = _subset(eval_labels, num_classes, spec.eval_size, None, spec.subset_seed + 17, "data.eval_size")
+    if picked is not None:
+        eval_images, eval_labels = eval_images[picked], eval_labels[picked]
+    return images, labels, eval_images, eval_labels, loaded
+
+
+def prepare_data(config: TrainConfig, device: torch.device, job: Distributed, *, raw: bool,
+                 cache: Optional[Dict[str, Any]] = None) -> RunData:
+    """Load the recipe's data, take its subsets and split, and put both sets on the device.
+
+    The training loader crops, flips and (unless ``raw``) normalises on the device; with
+    ``raw`` it delivers pixels in [0, 1] and :attr:`RunData.normalize` finishes the job after the
+    image-level ops. ``optim.batch_size`` is split evenly across ranks; the last incomplete
+    batch of an epoch is dropped (a batch of one would break BatchNorm and pairing). ``cache``
+    (a dict shared by the arms of a comparison) keeps loaded splits so they are read once.
+    """
+    data = _data_module()
+    spec = config.data
+    images, labels, eval_images, eval_labels, loaded = load_sets(spec, cache)
+    num_classes = loaded.num_classes
+    mean, std = tuple(loaded.mean), tuple(loaded.std)
+
+    batch = config.optim.batch_size
+    if batch % job.world_size:
+        raise ValueError(f"optim.batch_size {batch} must be divisible by the number of processes {job.world_size}")
+    loader = data.DeviceLoader(images, labels, batch_size=batch // job.world_size, shuffle=True, drop_last=True,
+                               generator=torch.Generator().manual_seed(data.derive_seed(config.seed, 1)),
+                               device=device, mean=None if raw else mean, std=None if raw else std,
+                               augment=spec.crop_padding > 0 or spec.flip, crop_padding=spec.crop_padding,
+                               flip=spec.flip)
+    train = ShardedLoader(loader, job.rank, job.world_size) if job.enabled else loader
+
+    def to_model_input(x: torch.Tensor) -> torch.Tensor:
+        return data.normalize(x, mean, std)
+
+    eval_images = eval_images.to(device)
+    eval_labels = eval_labels.to(device)
+    return RunData(train=train, normalize=to_model_input if raw else _identity,
+                   eval_batches=_eval_batches(eval_images, eval_labels, spec.eval_batch_size or batch,
+                                              to_model_input, job),
+                   num_classes=num_classes, mean=mean, std=std, train_size=int(labels.shape[0]),
+                   eval_size=int(eval_labels.shape[0]), class_names=list(loaded.class_names))
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """One training run of a :class:`TrainConfig` (no arms; see :func:`run`).
+
+    Args:
+        config: the run's config (``arms`` must be empty: expand them with :func:`expand_arms`).
+        run_dir: output folder (default ``output_dir/name``).
+        resume: continue from the checkpoint in ``run_dir`` (or this path).
+        quiet: no per-epoch lines (the tqdm bars follow ``config.progress``).
+        data: a :class:`RunData` to use instead of loading the config's data set (tests, notebooks);
+            with image-level policies among the ops it must deliver raw pixels (see :func:`prepare_data`).
+        data_cache: a dict shared between runs so that loaded splits are reused (the arms of a recipe).
+    """
+
+    def __init__(self, config: TrainConfig, *, run_dir: Optional[os.PathLike] = None,
+                 resume: Optional[os.PathLike] = None, quiet: bool = False, data: Optional[RunData] = None,
+                 data_cache: Optional[Dict[str, Any]] = None):
+        if config.arms:
+            raise ValueError("Trainer runs one arm; expand a recipe's arms with keepmix.recipes.expand_arms")
+        self.config = config.validate()
+        self.quiet = quiet
+        probe = "cuda" if (config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())) \
+            else "cpu"
+        self.job = init_distributed(probe)
+        self.device = resolve_device(config.device, self.job)
+        if config.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("amp 'fp16' needs a CUDA device (use 'bf16' on CPU)")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.run_dir = Path(run_dir) if run_dir is not None else Path(config.output_dir) / config.name
+
+        # model first, from the run's seed (identical on every rank)
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        self._build(data, data_cache)
+        self.epoch = 0
+        self.step = 0
+        self.history: List[Dict[str, Any]] = []
+        self.elapsed = 0.0
+        if resume is not None:
+            self.load(resume)
+
+    # ------------------------------------------------------------------ setup
+    def _build(self, data: Optional[RunData], cache: Optional[Dict[str, Any]]) -> None:
+        config = self.config
+        # image-level policies need pixels: then the loader leaves normalisation to the pipeline
+        raw_needed = any(_spec_has_policy(spec) for spec in config.ops)
+        if data is None:
+            data = prepare_data(config, self.device, self.job, raw=raw_needed, cache=cache)
+        self.data = data
+        self.num_classes = data.num_classes
+        model = build_model_from_config(config.model, data.num_classes).to(self.device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.early_head = None
+
+        def early_head():
+            if self.early_head is None:
+                from .saliency import EarlyHead
+                self.early_head = EarlyHead(model, data.num_classes, weight=config.early_head_weight).to(self.device)
+            return self.early_head
+
+        if config.early_head or uses_early_head(config.ops):
+            early_head()
+        self.context = BuildContext(model=model, num_classes=data.num_classes, early_head=early_head,
+                                    seed=config.seed + 1_000_003 * self.job.rank, device=self.device,
+                                    mean=data.mean, std=data.std)
+        ops = build_ops(config.ops, self.context)
+        self.op_names = op_display_names(config.ops)
+        self.augment = Augmentation(ops, self.op_names, data.normalize)
+        forward_fn = torch.compile(model) if config.compile else None
+        self.net = TrainNet(model, self.early_head, forward_fn)
+        self.train_net: nn.Module = self.net
+        if self.job.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_net = DistributedDataParallel(self.net, device_ids=ids)
+        self.optimizer = build_optimizer(self.net.parameters(), config.optim)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
+        steps = len(data.train)
+        if config.max_steps_per_epoch is not None:
+            steps = min(steps, config.max_steps_per_epoch)
+        if steps < 1:
+            raise ValueError(f"the training set ({data.train_size} images) gives no batch of "
+                             f"{config.optim.batch_size}: lower optim.batch_size")
+        self.steps_per_epoch = steps
+        # augmentation randomness differs between ranks; model init above did not
+        torch.manual_seed(config.seed + 7919 * (self.job.rank + 1))
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One optimiser step; returns device sums ``[loss·B, correct, B]`` (no host sync)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.step, self.steps_per_epoch, self.config.optim)
+        if self.config.jsd_weight > 0:
+            return self._train_step_jsd(images, labels)
+        images, targets = self.augment(images, labels)          # saliency happens inside the ops
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast_context(self.device, self.config.amp):
+            logits, aux = self.train_net(images, targets)
+        loss = soft_target_cross_entropy(logits, targets, self.config.label_smoothing)
+        total = loss if aux is None else loss + aux
+        return self._step(total, loss, logits, targets, labels.shape[0])
+
+    def _train_step_jsd(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """AugMix's step: clean + two augmented views in one forward; CE(clean) + λ·JS(clean, v1, v2)."""
+        from .policies import jensen_shannon_loss
+        clean, views = self.augment.views(images, labels, 2)
+        batch = labels.shape[0]
+        stacked = torch.cat([clean, *views])
+        if self.config.channels_last:
+            stacked = stacked.contiguous(memory_format=torch.channels_last)
+        with autocast_context(self.device, self.config.amp):
+            logits_all, aux = self.train_net(stacked, labels.repeat(3))
+        logits_all = logits_all.float()
+        logits = logits_all[:batch]
+        loss = soft_target_cross_entropy(logits, labels, self.config.label_smoothing)
+        total = loss + self.config.jsd_weight * jensen_shannon_loss(logits, logits_all[batch:2 * batch],
+                                                                    logits_all[2 * batch:])
+        if aux is not None:
+            total = total + aux
+        return self._step(total, loss, logits, labels, batch)
+
+    def _step(self, total: torch.Tensor, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+              batch: int) -> torch.Tensor:
+        """Backward of ``total``, the optimiser step (AMP-scaled for fp16); device sums of the main loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        correct = logits.detach().argmax(dim=1).eq(_hard_labels(targets)).float().sum()
+        return torch.stack([loss.detach().float() * batch, correct, torch.tensor(float(batch), device=correct.device)])
+
+    def train_epoch(self) -> Dict[str, float]:
+        """One epoch over the loader (capped at ``max_steps_per_epoch``); returns train metrics."""
+        self.net.train()
+        self.augment.stats = OpStats()
+        sums = torch.zeros(3, device=self.device)
+        bar = None
+        if self.config.progress and self.job.is_main:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.config.optim.epochs}",
+                       leave=False, dynamic_ncols=True, file=sys.stderr)
+        for index, (images, labels) in enumerate(_take(self.data.train, self.steps_per_epoch)):
+            sums += self.train_step(images, labels)
+            if bar is not None:
+                bar.update(1)
+                if (index + 1) % self.config.log_every == 0:
+                    bar.set_postfix(loss=f"{float(sums[0] / sums[2]):.3f}")
+        if bar is not None:
+            bar.close()
+        totals = all_reduce_sum(sums, self.job).cpu()
+        stats = self.augment.stats.summary(self.job, self.device)
+        count = float(totals[2])
+        return {"train_loss": float(totals[0]) / count, "train_acc": 100.0 * float(totals[1]) / count, **stats}
+
+    # ------------------------------------------------------------------ the run
+    def fit(self, stop_after_epoch: Optional[int] = None) -> Dict[str, Any]:
+        """Train until ``optim.epochs`` (or until ``stop_after_epoch`` epochs are done); returns the summary."""
+        config = self.config
+        if self.job.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _write_text_atomic(self.run_dir / "config.yaml", config_to_yaml(config))
+        writer = self._tensorboard()
+        while self.epoch < config.optim.epochs:
+            if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
+                break
+            start = time.perf_counter()
+            lr = learning_rate(self.step, self.steps_per_epoch, config.optim)
+            row: Dict[str, Any] = {"epoch": self.epoch + 1, "step": None, "lr": lr}
+            row.update(self.train_epoch())
+            self.epoch += 1
+            row["step"] = self.step
+            last = self.epoch == config.optim.epochs
+            if self.epoch % config.eval_every == 0 or last:
+                metrics = self.evaluate()
+                row.update({"val_loss": metrics["loss"], "val_top1": metrics["top1"], "val_top5": metrics["top5"]})
+            seconds = time.perf_counter() - start
+            self.elapsed += seconds
+            row["time"] = seconds
+            self.history.append(row)
+            self.save()
+            if self.job.is_main:
+                self._write_metrics()
+                if writer is not None:
+                    for key, value in row.items():
+                        if key not in ("epoch", "step") and isinstance(value, float) and not math.isnan(value):
+                            writer.add_scalar(key.replace(".", "/"), value, self.epoch)
+                    writer.flush()
+                if not self.quiet:
+                    print(self._epoch_line(row), flush=True)
+        if writer is not None:
+            writer.close()
+        if self.job.is_main and self.history:
+            from .viz import plot_curves
+            plot_curves(self.history, self.run_dir / "curves.png", title=config.name)
+        return self.summary()
+
+    def evaluate(self) -> Dict[str, float]:
+        return evaluate(self.model, self.data.eval_batches(), device=self.device, amp=self.config.amp,
+                        channels_last=self.config.channels_last, job=self.job)
+
+    def summary(self) -> Dict[str, Any]:
+        evaluated = [r for r in self.history if r.get("val_top1") is not None]
+        final = evaluated[-1] if evaluated else {}
+        return {
+            "name": self.config.name, "epochs": self.epoch, "steps": self.step,
+            "val_top1": final.get("val_top1"), "val_top5": final.get("val_top5"), "val_loss": final.get("val_loss"),
+            "best_val_top1": max((r["val_top1"] for r in evaluated), default=None),
+            "train_loss": self.history[-1]["train_loss"] if self.history else None,
+            "seconds": self.elapsed, "run_dir": str(self.run_dir),
+            "metrics": str(self.run_dir / "metrics.csv"), "curves": str(self.run_dir / "curves.png"),
+            "checkpoint": str(self.run_dir / "checkpoint.pt"), "finished": self.epoch >= self.config.optim.epochs,
+        }
+
+    def _epoch_line(self, row: Dict[str, Any]) -> str:
+        parts = [f"[{self.config.name}] epoch {row['epoch']}/{self.config.optim.epochs}", f"lr {row['lr']:.4g}",
+                 f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}%"]
+        if row.get("val_top1") is not None:
+            parts.append(f"eval loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}% top-5 {row['val_top5']:.2f}%")
+        parts.append(f"{row['time']:.1f}s")
+        return "  ".join(parts)
+
+    def _tensorboard(self):
+        if not (self.config.tensorboard and self.job.is_main):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard is optional
+            return None
+        return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+    def _write_metrics(self) -> None:
+        columns: List[str] = []
+        for row in self.history:
+            for key in row:
+                if key not in columns:
+                    columns.append(key)
+        fixed = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "time"]
+        columns = [c for c in fixed if c in columns] + sorted(c for c in columns if c not in fixed)
+        path = self.run_dir / "metrics.csv"
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(columns)
+            for row in self.history:
+                writer.writerow([_csv_cell(row.get(c)) for c in columns])
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _local_state(self) -> Dict[str, Any]:
+        loader_state = self.data.train.state_dict() if hasattr(self.data.train, "state_dict") else None
+        return {"rng": capture_rng(self.context.generators), "loader": loader_state}
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The checkpoint payload (the per-rank states gathered on every rank)."""
+        local = self._local_state()
+        if self.job.enabled:
+            gathered: List[Any] = [None] * self.job.world_size
+            dist.all_gather_object(gathered, local)
+        else:
+            gathered = [local]
+        return {
+            "format": "keepmix-checkpoint", "version": CHECKPOINT_VERSION, "config": config_to_dict(self.config),
+            "epoch": self.epoch, "step": self.step, "elapsed": self.elapsed, "history": list(self.history),
+            "num_classes": self.num_classes, "mean": tuple(self.data.mean), "std": tuple(self.data.std),
+            "class_names": list(self.data.class_names),
+            "model": self.model.state_dict(),
+            "early_head": self.early_head.state_dict() if self.early_head is not None else None,
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "world_size": self.job.world_size, "ranks": gathered,
+        }
+
+    def save(self) -> Optional[Path]:
+        payload = self.state_dict()
+        if self.job.is_main:
+            return save_checkpoint(payload, self.run_dir / "checkpoint.pt")
+        return None
+
+    def load(self, path: os.PathLike) -> None:
+        """Restore everything from a checkpoint written by this config (or a run folder holding one)."""
+        payload = load_checkpoint(path, map_location=self.device)
+        changed = config_differences(config_from_dict(payload["config"]), self.config)
+        if changed:
+            raise ValueError(f"the checkpoint was written with another config ({', '.join(changed)} differ); an exact "
+                             "resume needs the same settings (only runtime fields may change: "
+                             f"{', '.join(RUNTIME_FIELDS)})")
+        if payload["world_size"] != self.job.world_size:
+            raise ValueError(f"the checkpoint was written by {payload['world_size']} process(es); resume it with "
+                             f"the same number (this job has {self.job.world_size})")
+        if payload["num_classes"] != self.num_classes:
+            raise ValueError(f"the checkpoint has {payload['num_classes']} classes, the data has {self.num_classes}")
+        self.model.load_state_dict(payload["model"])
+        if (payload["early_head"] is None) != (self.early_head is None):
+            raise ValueError("the checkpoint and this config disagree on the early head")
+        if self.early_head is not None:
+            self.early_head.load_state_dict(payload["early_head"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scaler.load_state_dict(payload["scaler"])
+        self.epoch, self.step = int(payload["epoch"]), int(payload["step"])
+        self.elapsed = float(payload.get("elapsed", 0.0))
+        self.history = list(payload["history"])
+        local = payload["ranks"][self.job.rank]
+        restore_rng(local["rng"], self.context.generators)
+        if local["loader"] is not None:
+            self.data.train.load_state_dict(local["loader"])
+
+
+#: config fields that do not change what is trained (may differ when resuming)
+RUNTIME_FIELDS = ("name", "description", "output_dir", "device", "progress", "tensorboard", "log_every", "eval_every",
+                  "compile", "data.root", "data.download", "data.eval_batch_size")
+
+
+def config_differences(saved: TrainConfig, current: TrainConfig) -> List[str]:
+    """Dotted names of the training-relevant fields where two configs differ (sections compared field by field)."""
+    a, b = config_to_dict(saved), config_to_dict(current)
+    changed = []
+    for key in a:
+        if key in ("data", "model", "optim"):
+            changed.extend(f"{key}.{sub}" for sub in a[key]
+                           if f"{key}.{sub}" not in RUNTIME_FIELDS and a[key][sub] != b[key][sub])
+        elif key not in RUNTIME_FIELDS and a[key] != b[key]:
+            changed.append(key)
+    return changed
+
+
+def _take(loader, count: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """``count`` batches from ``loader``, continuing its current epoch and starting new ones as needed.
+
+    With ``max_steps_per_epoch`` below the loader's length, successive training epochs walk on
+    through the loader's epoch instead of repeating its first batches.
+    """
+    taken = 0
+    while taken < count:
+        progressed = False
+        iterator = iter(loader)
+        try:
+            for batch in iterator:
+                progressed = True
+                yield batch
+                taken += 1
+                if taken == count:
+                    return
+        finally:
+            close = getattr(iterator, "close", None)
+            if callable(close):
+                close()
+        if not progressed:
+            raise ValueError("the training loader yields no batch")
+
+
+def _csv_cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+def _spec_has_policy(spec: Any) -> bool:
+    """Whether a spec (nested ones included) names an image-level policy (raw-space op)."""
+    from .recipes import resolve_op
+    if isinstance(spec, dict):
+        if isinstance(spec.get("name"), str):
+            try:
+                cls, _ = resolve_op(spec["name"])
+            except ValueError:
+                cls = None
+            if cls is not None and cls.__module__.startswith("keepmix.policies"):
+                return True
+        return any(_spec_has_policy(v) for k, v in spec.items() if k != "name")
+    if isinstance(spec, list):
+        return any(_spec_has_policy(v) for v in spec)
+    return False
+
+
+# --------------------------------------------------------------------------- recipes with arms
+
+
+def unique_run_dir(base: Path) -> Path:
+    """``base`` if it does not exist yet, else ``base-2``, ``base-3``…"""
+    if not base.exists():
+        return base
+    k = 2
+    while base.with_name(f"{base.name}-{k}").exists():
+        k += 1
+    return base.with_name(f"{base.name}-{k}")
+
+
+def run(config: TrainConfig, *, arms: Optional[Sequence[str]] = None, resume: bool = False,
+        run_dir: Optional[os.PathLike] = None, quiet: bool = False,
+        stop_after_epoch: Optional[int] = None, data: Optional[RunData] = None) -> List[Dict[str, Any]]:
+    """Train every arm of a recipe (or the recipe itself when it has none); print the comparison.
+
+    Output: ``output_dir/name`` (``name-2``… when it exists and ``resume`` is off), one sub-folder
+    per arm, plus ``summary.csv`` and ``curves.png`` overlaying the arms. With ``resume`` each
+    arm continues from its checkpoint when there is one (finished arms are only reported).
+    """
+    base = Path(run_dir) if run_dir is not None else Path(config.output_dir) / config.name
+    if not resume and run_dir is None:
+        base = unique_run_dir(base) if _is_main_env() else base
+    expanded = expand_arms(config, arms)
+    if _is_main_env():
+        base.mkdir(parents=True, exist_ok=True)
+        _write_text_atomic(base / "recipe.yaml", config_to_yaml(config))
+    summaries = []
+    cache: Dict[str, Any] = {}
+    for arm_name, arm_config in expanded:
+        folder = base / arm_name if arm_name else base
+        checkpoint = folder / "checkpoint.pt"
+        trainer = Trainer(arm_config, run_dir=folder, resume=checkpoint if resume and checkpoint.is_file() else None,
+                          quiet=quiet, data=data, data_cache=cache)
+        summary = trainer.fit(stop_after_epoch=stop_after_epoch)
+        summary["arm"] = arm_name
+        summaries.append(summary)
+    if _is_main_env():
+        if len(summaries) > 1:
+            _write_comparison(base, summaries)
+        if not quiet or len(summaries) > 1:
+            print(format_summary(summaries), flush=True)
+    return summaries
+
+
+def _is_main_env() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _write_comparison(base: Path, summaries: List[Dict[str, Any]]) -> None:
+    from .viz import plot_curves, read_metrics
+    base.mkdir(parents=True, exist_ok=True)
+    keys = ["arm", "val_top1", "val_top5", "val_loss", "best_val_top1", "train_loss", "epochs", "seconds", "run_dir"]
+    with open(base / "summary.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(keys)
+        for s in summaries:
+            writer.writerow([_csv_cell(s.get(k)) for k in keys])
+    curves = {s["arm"]: read_metrics(s["metrics"]) for s in summaries if Path(s["metrics"]).is_file()}
+    if curves:
+        plot_curves(curves, base / "curves.png", title=base.name)
+
+
+def format_summary(summaries: List[Dict[str, Any]]) -> str:
+    """A side-by-side table of the arms' final metrics and where their files are."""
+    lines = []
+    header = f"{'arm':<20} {'top-1 %':>8} {'top-5 %':>8} {'loss':>8} {'best %':>8} {'epochs':>6} {'time s':>7}"
+    lines.append(header)
+    lines.append("-" * len(header))
+    for s in summaries:
+        name = s.get("arm") or s["name"]
+        lines.append(f"{name:<20} {_num(s['val_top1']):>8} {_num(s['val_top5']):>8} {_num(s['val_loss'], 4):>8} "
+                     f"{_num(s['best_val_top1']):>8} {s['epochs']:>6} {s['seconds']:>7.1f}")
+    lines.append("")
+    for s in summaries:
+        name = s.get("arm") or s["name"]
+        lines.append(f"{name}: metrics {s['metrics']}  curves {s['curves']}  checkpoint {s['checkpoint']}")
+    if len(summaries) > 1:
+        base = Path(summaries[0]["run_dir"]).parent
+        lines.append(f"comparison: {base / 'summary.csv'}  {base / 'curves.png'}")
+    return "\n".join(lines)
+
+
+def _num(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+__all__ = [
+    "Augmentation", "Distributed", "OpStats", "RunData", "TrainNet", "Trainer", "all_reduce_sum", "autocast_context",
+    "RUNTIME_FIELDS", "build_optimizer", "capture_rng", "config_differences", "evaluate", "format_summary", "init_distributed", "learning_rate",
+    "load_checkpoint", "load_sets", "load_split", "op_display_names", "prepare_data", "ShardedLoader", "resolve_device", "restore_rng", "run",
+    "save_checkpoint", "topk_correct", "unique_run_dir",
+]

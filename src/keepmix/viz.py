@@ -1,0 +1,193 @@
+"""Pictures of what the ops do and of how training went (matplotlib, Agg backend; PNG files).
+
+* :func:`save_grid` — one row per image of a batch, one column per view (the original, its
+  saliency map, each op's output), in the manner of KeepAugment's Figure 1.
+* :func:`plot_curves` — loss and accuracy per epoch for one run or several runs side by side
+  (the arms of a comparison).
+
+Image tensors are B×C×H×W: uint8 (0–255) or float; float images are un-normalised with the given
+``mean``/``std`` (x·std + mean) and clipped to [0, 1]. Saliency maps B×H×W are scaled per image to
+[0, 1] (a flat map shows as black) and drawn with a colour map.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+PathLike = Union[str, os.PathLike]
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg", force=True)  # files only; never a display
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def to_display(images: torch.Tensor, mean: Optional[Sequence[float]] = None,
+               std: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """B×C×H×W (uint8 or normalised float) → float32 B×H×W×C in [0, 1] on the CPU (C = 1 or 3).
+
+    uint8 is divided by 255; float is mapped back by x·std + mean when ``mean``/``std`` are
+    given, then clipped to [0, 1].
+    """
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise ValueError(f"images must be a B×C×H×W tensor, got {getattr(images, 'shape', type(images))}")
+    x = images.detach().cpu()
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    else:
+        x = x.float()
+        if mean is not None and std is not None:
+            m = torch.tensor([float(v) for v in mean]).view(1, -1, 1, 1)
+            s = torch.tensor([float(v) for v in std]).view(1, -1, 1, 1)
+            x = x * s + m
+    if x.shape[1] not in (1, 3):
+        raise ValueError(f"images must have 1 or 3 channels to be shown, got {x.shape[1]}")
+    return x.clamp(0.0, 1.0).permute(0, 2, 3, 1).contiguous()
+
+
+def scale_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Per-map min–max scaling to [0, 1] (B×H×W float32, CPU); a constant map becomes 0."""
+    if not isinstance(maps, torch.Tensor) or maps.ndim != 3:
+        raise ValueError(f"maps must be a B×H×W tensor, got {getattr(maps, 'shape', type(maps))}")
+    m = maps.detach().cpu().float()
+    low = m.amin(dim=(1, 2), keepdim=True)
+    span = m.amax(dim=(1, 2), keepdim=True) - low
+    return torch.where(span > 0, (m - low) / span.clamp_min(1e-30), torch.zeros_like(m))
+
+
+Column = Tuple[str, torch.Tensor]
+
+
+def save_grid(columns: Sequence[Column], path: PathLike, *, mean: Optional[Sequence[float]] = None,
+              std: Optional[Sequence[float]] = None, row_labels: Optional[Sequence[str]] = None,
+              cell_inches: float = 1.4, dpi: int = 120, title: Optional[str] = None) -> Path:
+    """Write a PNG grid: column j shows ``columns[j] = (title, tensor)`` for every row (image).
+
+    Tensors are images B×C×H×W or saliency maps B×H×W (drawn with the ``inferno`` colour map);
+    all columns must hold the same number B of rows. Returns the path written.
+    """
+    if not columns:
+        raise ValueError("columns must hold at least one (title, tensor) pair")
+    rows = None
+    prepared = []
+    for name, tensor in columns:
+        if not isinstance(tensor, torch.Tensor) or tensor.ndim not in (3, 4):
+            raise ValueError(f"column {name!r} must be images B×C×H×W or maps B×H×W")
+        if rows is None:
+            rows = tensor.shape[0]
+        elif tensor.shape[0] != rows:
+            raise ValueError(f"column {name!r} has {tensor.shape[0]} rows, expected {rows}")
+        prepared.append((name, scale_maps(tensor) if tensor.ndim == 3 else to_display(tensor, mean, std)))
+    if row_labels is not None and len(row_labels) != rows:
+        raise ValueError(f"row_labels must have {rows} entries, got {len(row_labels)}")
+    plt = _pyplot()
+    cols = len(prepared)
+    figure, axes = plt.subplots(rows, cols, figsize=(cell_inches * cols, cell_inches * rows + (0.4 if title else 0)),
+                                squeeze=False)
+    for j, (name, data) in enumerate(prepared):
+        for i in range(rows):
+            ax = axes[i][j]
+            if data.ndim == 3:
+                ax.imshow(data[i].numpy(), cmap="inferno", vmin=0.0, vmax=1.0, interpolation="nearest")
+            else:
+                picture = data[i].numpy()
+                ax.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture,
+                          cmap="gray" if picture.shape[-1] == 1 else None, vmin=0.0, vmax=1.0,
+                          interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=8)
+            if j == 0 and row_labels is not None:
+                ax.set_ylabel(row_labels[i], fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return path
+
+
+# --------------------------------------------------------------------------- training curves
+
+
+def read_metrics(path: PathLike) -> List[Dict[str, float]]:
+    """Rows of a ``metrics.csv`` as dicts of floats (empty cells become NaN)."""
+    rows = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            parsed = {}
+            for key, value in row.items():
+                try:
+                    parsed[key] = float(value) if value not in ("", None) else math.nan
+                except ValueError:
+                    parsed[key] = math.nan
+            rows.append(parsed)
+    return rows
+
+
+def _series(rows: Sequence[Mapping[str, float]], key: str) -> Tuple[List[float], List[float]]:
+    xs, ys = [], []
+    for row in rows:
+        value = row.get(key)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            xs.append(float(row["epoch"]))
+            ys.append(float(value))
+    return xs, ys
+
+
+def plot_curves(runs: Union[Sequence[Mapping[str, float]], Mapping[str, Sequence[Mapping[str, float]]]],
+                path: PathLike, *, title: Optional[str] = None, dpi: int = 110) -> Path:
+    """Loss (train and eval) and accuracy (train and eval top-1) per epoch, to a PNG.
+
+    ``runs`` is one run's metric rows (dicts with ``epoch``, ``train_loss``, ``train_acc``,
+    ``val_loss``, ``val_top1``) or a mapping ``label → rows`` to overlay several runs; train
+    curves are dashed, eval curves solid. Accuracies are in percent.
+    """
+    if isinstance(runs, Mapping):
+        labelled = list(runs.items())
+    else:
+        labelled = [("", list(runs))]
+    if not labelled or all(len(rows) == 0 for _, rows in labelled):
+        raise ValueError("plot_curves needs at least one metrics row")
+    plt = _pyplot()
+    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    colours = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0", "C1", "C2", "C3"])
+    for index, (label, rows) in enumerate(labelled):
+        colour = colours[index % len(colours)]
+        prefix = f"{label} " if label else ""
+        for ax, key, style, name in ((loss_ax, "train_loss", "--", "train"), (loss_ax, "val_loss", "-", "eval"),
+                                     (acc_ax, "train_acc", "--", "train"), (acc_ax, "val_top1", "-", "eval top-1")):
+            xs, ys = _series(rows, key)
+            if xs:
+                ax.plot(xs, ys, style, color=colour, marker="o" if len(xs) < 30 else None, markersize=3,
+                        label=f"{prefix}{name}")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("loss")
+    acc_ax.set_xlabel("epoch")
+    acc_ax.set_ylabel("accuracy (%)")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return path
+
+
+__all__ = ["plot_curves", "read_metrics", "save_grid", "scale_maps", "to_display"]
