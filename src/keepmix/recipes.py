@@ -528,7 +528,7 @@ def expand_arms(config: TrainConfig, only: Optional[Sequence[str]] = None) -> Li
 # --------------------------------------------------------------------------- the op registry
 
 OP_MODULES = ("keepmix.keep", "keepmix.mix", "keepmix.erase", "keepmix.mixers", "keepmix.compose",
-              "keepmix.policies")
+              "keepmix.policies", "keepmix.convert")
 
 #: recipe names for common settings of one class: name -> (class name, default kwargs)
 OP_PRESETS: Dict[str, Tuple[str, Dict[str, Any]]] = {
@@ -560,7 +560,7 @@ def op_registry() -> Dict[str, type]:
             raise
         for obj in vars(module).values():
             if inspect.isclass(obj) and issubclass(obj, Op) and not inspect.isabstract(obj) \
-                    and obj.__module__.startswith("keepmix."):
+                    and obj.__module__.startswith("keepmix.") and not obj.__name__.startswith("_"):
                 registry.setdefault(obj.__name__, obj)
     return registry
 
@@ -724,6 +724,9 @@ def build_op(spec: Dict[str, Any], ctx: BuildContext, path: str = "ops[0]"):
             kwargs[key] = ctx.model
         elif isinstance(kwargs[key], dict) and isinstance(kwargs[key].get("model"), str) and "name" not in kwargs[key]:
             kwargs[key] = build_frozen_model(kwargs[key], ctx, f"{path}.{key}")
+    if "saliency" in params and "saliency" not in kwargs and params["saliency"].default is None \
+            and ctx.model is not None:
+        kwargs["saliency"] = "model"  # Keep ops default to the saliency of the model being trained
     if "saliency" in kwargs:
         kwargs["saliency"] = _saliency_value(kwargs["saliency"], spec, ctx, raw, path)
     if "model" in params and "model" not in kwargs and ctx.model is not None:
