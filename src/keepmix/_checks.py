@@ -152,6 +152,15 @@ def check_size(size: SizeLike, name: str = "size") -> Tuple[int, int]:
     return h, w
 
 
+def check_num_classes(num_classes) -> Optional[int]:
+    """None, or a positive int number of classes K."""
+    if num_classes is None:
+        return None
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+    return int(num_classes)
+
+
 def check_generator(generator) -> Optional[torch.Generator]:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")

@@ -34,14 +34,13 @@ Recipes::
 
 from __future__ import annotations
 
-import numbers
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from . import _random
-from ._checks import check_probability
+from ._checks import check_num_classes, check_probability
 from .losses import to_soft_targets
 from .protocol import Batch, Op
 
@@ -81,14 +80,6 @@ def _num_classes(explicit: Optional[int], ops: Sequence[OpLike]) -> Optional[int
         if k is not None:
             return k
     return None
-
-
-def _check_num_classes(num_classes) -> Optional[int]:
-    if num_classes is None:
-        return None
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
-    return int(num_classes)
 
 
 def _soft(targets: torch.Tensor, num_classes: Optional[int], device) -> torch.Tensor:
@@ -172,7 +163,7 @@ class RandomApply(Op):
         self.op = _check_op(op, "op")
         self.p = check_probability(p, "p")
         self.per_sample = bool(per_sample)
-        self.num_classes = _num_classes(_check_num_classes(num_classes), [self.op])
+        self.num_classes = _num_classes(check_num_classes(num_classes), [self.op])
         self.mixes_labels = _mixes(op)
         self.accepts_uint8 = getattr(op, "accepts_uint8", True)
 
@@ -254,7 +245,7 @@ class RandomChoice(Op):
             raise ValueError(f"weights must be finite, non-negative and not all zero, got {weights!r}")
         self.weights: Tuple[float, ...] = tuple(weights)
         self.per_sample = bool(per_sample)
-        self.num_classes = _num_classes(_check_num_classes(num_classes), self.ops)
+        self.num_classes = _num_classes(check_num_classes(num_classes), self.ops)
         self.mixes_labels = any(_mixes(op) for op in self.ops)
         self.accepts_uint8 = all(getattr(op, "accepts_uint8", True) for op in self.ops)
         self._last_positive = max(i for i, w in enumerate(weights) if w > 0)

@@ -27,8 +27,7 @@ import torch
 
 from . import _random
 from ._checks import SizeLike, check_probability, check_range, check_size
-from .keep import _check_value, _erase, _random_erasing_boxes
-from .protocol import Batch, Op
+from .protocol import Batch, Op, restore_dtype, to_float
 from .regions import box_masks
 
 FillValue = Union[float, Sequence[float], str]
@@ -38,6 +37,57 @@ def _check_count(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
+
+
+def _fill_values(value, images: torch.Tensor, mask: torch.Tensor, generator) -> torch.Tensor:
+    """The values written into erased pixels, broadcastable to images (float work dtype)."""
+    if isinstance(value, str):  # "random": N(0, 1) per pixel (normalised images) or U{0..255} (uint8)
+        if images.dtype == torch.uint8:
+            return _random.randint(0, 256, images.shape, images.device, generator).float()
+        return _random.randn(images.shape, images.device, generator).to(to_float(images).dtype)
+    fill = torch.as_tensor(value, dtype=torch.float32, device=images.device)
+    return fill.view(1, -1, 1, 1) if fill.ndim == 1 else fill
+
+
+def check_fill_value(value):
+    """A fill for erased pixels: ``"random"``, a number, or per-channel numbers."""
+    if isinstance(value, str):
+        if value != "random":
+            raise ValueError(f"value must be a number, a per-channel sequence or 'random', got {value!r}")
+        return value
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    try:
+        values = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"value must be a number, a per-channel sequence or 'random', got {value!r}") from None
+    return values
+
+
+def erase_masked(images: torch.Tensor, mask: torch.Tensor, value, generator) -> torch.Tensor:
+    """Fill the pixels under ``mask`` (B×H×W bool) with ``value``; returns the input dtype."""
+    x = to_float(images)
+    fill = _fill_values(value, images, mask, generator).to(x.dtype)
+    out = torch.where(mask.unsqueeze(1), fill, x)
+    return restore_dtype(out, images)
+
+
+def random_erasing_sizes(batch: int, height: int, width: int, scale, ratio, attempts: int, device, generator):
+    """Per-image (h, w, found): the first of ``attempts`` (area, aspect) draws that fits.
+
+    Area ∈ U(scale)·HW and aspect r ∈ U(ratio) as in Zhong et al.'s Algorithm 1;
+    h = round(√(area·r)), w = round(√(area/r)); a draw fits when 1 ≤ h < H and 1 ≤ w < W.
+    """
+    area = (scale[0] + (scale[1] - scale[0]) * _random.rand((batch, attempts), device, generator)) * height * width
+    aspect = ratio[0] + (ratio[1] - ratio[0]) * _random.rand((batch, attempts), device, generator)
+    h = torch.sqrt(area * aspect).round().long()
+    w = torch.sqrt(area / aspect).round().long()
+    fits = (h >= 1) & (h < height) & (w >= 1) & (w < width)
+    found = fits.any(dim=1)
+    first = fits.long().argmax(dim=1, keepdim=True)  # first fitting attempt (0 if none)
+    h = h.gather(1, first).squeeze(1).clamp(1, height)
+    w = w.gather(1, first).squeeze(1).clamp(1, width)
+    return h, w, found
 
 
 class Cutout(Op):
@@ -76,7 +126,7 @@ class Cutout(Op):
         self.length = check_size(length, "length")
         self.n_holes = _check_count(n_holes, "n_holes")
         self.p = check_probability(p, "p")
-        self.value = _check_value(value)
+        self.value = check_fill_value(value)
 
     def _repr_fields(self):
         return {"length": self.length, "n_holes": self.n_holes, "p": self.p, "value": self.value}
@@ -94,7 +144,7 @@ class Cutout(Op):
         mask &= applied.view(-1, 1, 1)
         self.last_stats = {"centres": torch.stack([centre_y, centre_x], dim=2), "applied": applied,
                            "erased_fraction": mask.float().mean(dim=(1, 2))}
-        return _erase(images, mask, self.value, self.generator), targets
+        return erase_masked(images, mask, self.value, self.generator), targets
 
 
 class RandomErasing(Op):
@@ -133,7 +183,7 @@ class RandomErasing(Op):
         self.p = check_probability(p, "p")
         self.scale = check_range(scale, "scale", low=0.0, high=1.0)
         self.ratio = check_range(ratio, "ratio", low=1e-6, high=1e6)
-        self.value = _check_value(value)
+        self.value = check_fill_value(value)
         self.attempts = _check_count(attempts, "attempts")
 
     def _repr_fields(self):
@@ -142,7 +192,7 @@ class RandomErasing(Op):
     def apply(self, images, targets) -> Batch:
         batch, _, height, width = images.shape
         device = images.device
-        h, w, found = _random_erasing_boxes(batch, height, width, self.scale, self.ratio, self.attempts, device,
+        h, w, found = random_erasing_sizes(batch, height, width, self.scale, self.ratio, self.attempts, device,
                                             self.generator)
         # uniform corner among the positions that keep the rectangle inside the image
         top = (_random.rand((batch,), device, self.generator, torch.float64) * (height - h + 1)).floor().long()
@@ -153,7 +203,7 @@ class RandomErasing(Op):
         mask = box_masks(top, left, h, w, (height, width)) & erased.view(-1, 1, 1)
         self.last_stats = {"erased": erased, "boxes": torch.stack([top, left, h, w], dim=1),
                            "area": mask.float().mean(dim=(1, 2))}
-        return _erase(images, mask, self.value, self.generator), targets
+        return erase_masked(images, mask, self.value, self.generator), targets
 
 
 class GridMask(Op):
@@ -221,7 +271,7 @@ class GridMask(Op):
             raise ValueError(f"rotate must be a number of degrees in [0, 360], got {rotate!r}")
         self.rotate = float(rotate)
         self.p = check_probability(p, "p")
-        self.value = _check_value(value)
+        self.value = check_fill_value(value)
 
     def _repr_fields(self):
         return {"d_range": self.d_range, "ratio": self.ratio, "rotate": self.rotate, "p": self.p}
@@ -255,4 +305,4 @@ class GridMask(Op):
         mask = in_row_gap & in_col_gap & applied.view(-1, 1, 1)
         self.last_stats = {"d": d, "band": band, "offsets": torch.stack([offset_y, offset_x], dim=1),
                            "angle": angle, "applied": applied, "kept_fraction": 1.0 - mask.float().mean(dim=(1, 2))}
-        return _erase(images, mask, self.value, self.generator), targets
+        return erase_masked(images, mask, self.value, self.generator), targets

@@ -28,13 +28,13 @@ share of each image's saliency mass left intact (cut) or pasted back (paste).
 
 from __future__ import annotations
 
-import numbers
 from typing import Callable, Optional, Tuple, Union
 
 import torch
 
 from . import _random
-from ._checks import SizeLike, check_positive, check_probability, check_range, check_size
+from ._checks import SizeLike, check_num_classes, check_positive, check_probability, check_size
+from .erase import RandomErasing, check_fill_value, erase_masked, random_erasing_sizes
 from .mix import mix_targets
 from .pairing import check_pairing, pair
 from .protocol import Batch, Op, restore_dtype, to_float
@@ -47,37 +47,6 @@ def _mass_share(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Σ_{mask} s / Σ s per image (1/2-free: flat zero maps count as uniform)."""
     s = normalize_sum(maps)
     return (s * mask).sum(dim=(1, 2))
-
-
-def _fill_values(value, images: torch.Tensor, mask: torch.Tensor, generator) -> torch.Tensor:
-    """The values written into erased pixels, broadcastable to images (float work dtype)."""
-    if isinstance(value, str):  # "random": N(0, 1) per pixel (normalised images) or U{0..255} (uint8)
-        if images.dtype == torch.uint8:
-            return _random.randint(0, 256, images.shape, images.device, generator).float()
-        return _random.randn(images.shape, images.device, generator).to(to_float(images).dtype)
-    fill = torch.as_tensor(value, dtype=torch.float32, device=images.device)
-    return fill.view(1, -1, 1, 1) if fill.ndim == 1 else fill
-
-
-def _check_value(value):
-    if isinstance(value, str):
-        if value != "random":
-            raise ValueError(f"value must be a number, a per-channel sequence or 'random', got {value!r}")
-        return value
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value)
-    try:
-        values = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise TypeError(f"value must be a number, a per-channel sequence or 'random', got {value!r}") from None
-    return values
-
-
-def _erase(images: torch.Tensor, mask: torch.Tensor, value, generator) -> torch.Tensor:
-    x = to_float(images)
-    fill = _fill_values(value, images, mask, generator).to(x.dtype)
-    out = torch.where(mask.unsqueeze(1), fill, x)
-    return restore_dtype(out, images)
 
 
 class _SelectiveWindow(Op):
@@ -135,7 +104,7 @@ class KeepCutout(_SelectiveWindow):
                  generator: Optional[torch.Generator] = None):
         super().__init__(size, tau, saliency, clip, scale, generator)
         self.p = check_probability(p, "p")
-        self.value = _check_value(value)
+        self.value = check_fill_value(value)
 
     def _repr_fields(self):
         return {"size": self.size, "tau": self.tau, "p": self.p, "clip": self.clip, "saliency": self.saliency}
@@ -145,28 +114,10 @@ class KeepCutout(_SelectiveWindow):
         if self.p < 1:
             mask = mask & (_random.rand((images.shape[0],), images.device, self.generator) < self.p).view(-1, 1, 1)
         self.last_stats = {"fallback": fallback, "saliency_kept": 1.0 - _mass_share(maps, mask)}
-        return _erase(images, mask, self.value, self.generator), targets
+        return erase_masked(images, mask, self.value, self.generator), targets
 
 
-def _random_erasing_boxes(batch: int, height: int, width: int, scale, ratio, attempts: int, device, generator):
-    """Per-image (h, w, found): the first of ``attempts`` (area, aspect) draws that fits.
-
-    Area ∈ U(scale)·HW and aspect r ∈ U(ratio) as in Zhong et al.'s Algorithm 1;
-    h = round(√(area·r)), w = round(√(area/r)); a draw fits when 1 ≤ h < H and 1 ≤ w < W.
-    """
-    area = (scale[0] + (scale[1] - scale[0]) * _random.rand((batch, attempts), device, generator)) * height * width
-    aspect = ratio[0] + (ratio[1] - ratio[0]) * _random.rand((batch, attempts), device, generator)
-    h = torch.sqrt(area * aspect).round().long()
-    w = torch.sqrt(area / aspect).round().long()
-    fits = (h >= 1) & (h < height) & (w >= 1) & (w < width)
-    found = fits.any(dim=1)
-    first = fits.long().argmax(dim=1, keepdim=True)  # first fitting attempt (0 if none)
-    h = h.gather(1, first).squeeze(1).clamp(1, height)
-    w = w.gather(1, first).squeeze(1).clamp(1, width)
-    return h, w, found
-
-
-class KeepRandomErasing(Op):
+class KeepRandomErasing(RandomErasing):
     """Random Erasing (Zhong et al.) with selective cut: the erased rectangle avoids salient regions.
 
     Each image, with probability ``p``, draws up to ``attempts`` (area, aspect)
@@ -181,25 +132,18 @@ class KeepRandomErasing(Op):
     def __init__(self, p: float = 0.5, scale: Tuple[float, float] = (0.02, 0.4),
                  ratio: Tuple[float, float] = (0.3, 3.3), value="random", tau: float = 0.6, saliency=None, *,
                  attempts: int = 10, saliency_scale: float = 1.0, generator: Optional[torch.Generator] = None):
-        super().__init__(generator)
-        self.p = check_probability(p, "p")
-        self.scale = check_range(scale, "scale", low=0.0, high=1.0)
-        self.ratio = check_range(ratio, "ratio", low=1e-6, high=1e6)
-        self.value = _check_value(value)
+        super().__init__(p, scale, ratio, value, attempts=attempts, generator=generator)
         self.tau = check_probability(tau, "tau")
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            raise ValueError(f"attempts must be a positive int, got {attempts!r}")
-        self.attempts = attempts
         self.saliency = as_source(saliency, reduce="max", scale=check_positive(saliency_scale, "saliency_scale"))
         self.accepts_uint8 = takes_uint8(self.saliency)
 
     def _repr_fields(self):
-        return {"p": self.p, "scale": self.scale, "ratio": self.ratio, "value": self.value, "tau": self.tau}
+        return {**super()._repr_fields(), "tau": self.tau, "saliency": self.saliency}
 
     def apply(self, images, targets, saliency_maps: Optional[torch.Tensor] = None) -> Batch:
         maps = compute_maps(self.saliency, images, targets, saliency_maps, type(self).__name__)
         batch, height, width = maps.shape
-        h, w, found = _random_erasing_boxes(batch, height, width, self.scale, self.ratio, self.attempts,
+        h, w, found = random_erasing_sizes(batch, height, width, self.scale, self.ratio, self.attempts,
                                             images.device, self.generator)
         erase = found & (_random.rand((batch,), images.device, self.generator) < self.p)
         scores, valid = window_scores_per_image(maps, h, w)
@@ -207,7 +151,7 @@ class KeepRandomErasing(Op):
         mask = box_masks(picked.top, picked.left, h, w, (height, width)) & erase.view(-1, 1, 1)
         self.last_stats = {"fallback": picked.fallback & erase, "saliency_kept": 1.0 - _mass_share(maps, mask),
                            "erased": erase}
-        return _erase(images, mask, self.value, self.generator), targets
+        return erase_masked(images, mask, self.value, self.generator), targets
 
 
 class KeepCutMix(Op):
@@ -239,7 +183,7 @@ class KeepCutMix(Op):
                  pairing="random", prob: float = 1.0, scale: float = 1.0,
                  generator: Optional[torch.Generator] = None):
         super().__init__(generator)
-        self.num_classes = num_classes
+        self.num_classes = check_num_classes(num_classes)
         self.alpha = check_positive(alpha, "alpha")
         self.tau = check_probability(tau, "tau")
         self.pairing = check_pairing(pairing)

@@ -22,7 +22,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from . import _random
-from ._checks import check_maps, check_probability
+from ._checks import check_maps, check_num_classes, check_probability
 from .losses import to_soft_targets
 from .pairing import check_pairing, pair
 from .protocol import Batch, Op, restore_dtype, to_float
@@ -125,7 +125,7 @@ class GuidedMixup(Op):
                  pairing="greedy", mix_prob: Optional[float] = None, blur: Optional[Tuple[int, float]] = (7, 3.0),
                  model=None, generator: Optional[torch.Generator] = None):
         super().__init__(generator)
-        self.num_classes = num_classes
+        self.num_classes = check_num_classes(num_classes)
         if saliency == "gradient":
             if model is None:
                 raise ValueError("saliency='gradient' needs model=")

@@ -46,7 +46,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from . import _random
-from ._checks import check_positive, check_probability
+from ._checks import check_num_classes, check_positive, check_probability
 from .losses import to_soft_targets
 from .mix import mix_images, mix_targets
 from .pairing import check_pairing, pair
@@ -56,14 +56,6 @@ from .saliency import (_PreservedModel, _check_bn, _model_dtype, as_source, comp
                        normalize_sum, spectral_residual)
 
 PAIRING_BLUR = (7, 3.0)  # GuidedMixup's blur before normalising the maps that drive the pairing
-
-
-def _check_num_classes(num_classes) -> Optional[int]:
-    if num_classes is None:
-        return None
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
-    return int(num_classes)
 
 
 def pairing_maps(maps: torch.Tensor, blur: bool = True) -> torch.Tensor:
@@ -102,7 +94,7 @@ class _Mixer(Op):
     def __init__(self, num_classes: Optional[int], alpha: Optional[float], prob: float, pairing,
                  generator: Optional[torch.Generator]):
         super().__init__(generator)
-        self.num_classes = _check_num_classes(num_classes)
+        self.num_classes = check_num_classes(num_classes)
         self.alpha = None if alpha is None else check_positive(alpha, "alpha")
         self.prob = check_probability(prob, "prob")
         self.pairing = check_pairing(pairing)

@@ -33,6 +33,8 @@ and restores every buffer afterwards, so the running statistics are untouched.
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Callable, Optional, Tuple, Union
 
 import torch
@@ -177,24 +179,36 @@ def gradient(model: nn.Module, images: torch.Tensor, targets: Optional[torch.Ten
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return _input_gradient_maps(model, [model], images, targets, reduce, scale, bn)
+
+
+def _check_scale(scale) -> float:
+    scale = check_positive(scale, "scale")
+    if scale > 1:
+        raise ValueError(f"scale must be in (0, 1], got {scale}")
+    return scale
+
+
+def _input_gradient_maps(forward, modules, images, targets, reduce: str, scale: float, bn: str) -> torch.Tensor:
+    """The shared gradient-saliency pass: validate, downsample, ``forward`` under preserved
+    ``modules``, input gradient of the objective, channel reduction, resize back to H×W."""
     check_images(images, allow_uint8=False)
     if targets is not None:
         check_targets(targets, images.shape[0])
     reduce = _check_reduce(reduce)
     bn = _check_bn(bn)
-    scale = check_positive(scale, "scale")
-    if scale > 1:
-        raise ValueError(f"scale must be in (0, 1], got {scale}")
+    scale = _check_scale(scale)
     height, width = images.shape[-2:]
     x = _downsample(images.detach(), scale) if scale < 1 else images.detach()
-    x = x.to(_model_dtype(model, x.dtype)).requires_grad_(True)
-    with _PreservedModel(model, bn), torch.enable_grad():
-        logits = model(x)
+    x = x.to(_model_dtype(modules[0], x.dtype)).requires_grad_(True)
+    with contextlib.ExitStack() as stack, torch.enable_grad():
+        for module in modules:
+            stack.enter_context(_PreservedModel(module, bn))
+        logits = forward(x)
         if logits.ndim != 2 or logits.shape[0] != images.shape[0]:
             raise ValueError(f"model must return logits of shape B×K, got {tuple(logits.shape)}")
         (grad,) = torch.autograd.grad(_objective(logits, targets, reduce), x)
-    maps = _reduce_channels(grad.float(), reduce)
-    return _resize_maps(maps, (height, width))
+    return _resize_maps(_reduce_channels(grad.float(), reduce), (height, width))
 
 
 # --------------------------------------------------------------------------- spectral residual
@@ -423,23 +437,12 @@ class EarlyHead(nn.Module):
 
         Leaves the model and the head exactly as found.
         """
-        check_images(images, allow_uint8=False)
-        if targets is not None:
-            check_targets(targets, images.shape[0])
-        reduce = _check_reduce(reduce)
-        bn = _check_bn(bn)
-        scale = check_positive(scale, "scale")
-        if scale > 1:
-            raise ValueError(f"scale must be in (0, 1], got {scale}")
-        height, width = images.shape[-2:]
-        x = _downsample(images.detach(), scale) if scale < 1 else images.detach()
-        x = x.to(_model_dtype(self._model, x.dtype)).requires_grad_(True)
         saved_features = self._features
-        with _PreservedModel(self._model, bn), _PreservedModel(self, bn), torch.enable_grad():
-            logits = self(self.block_features(x))
-            (grad,) = torch.autograd.grad(_objective(logits, targets, reduce), x)
-        self._features = saved_features
-        return _resize_maps(_reduce_channels(grad.float(), reduce), (height, width))
+        try:
+            return _input_gradient_maps(lambda x: self(self.block_features(x)), [self._model, self], images,
+                                        targets, reduce, scale, bn)
+        finally:
+            self._features = saved_features
 
 
 # --------------------------------------------------------------------------- sources
@@ -453,9 +456,7 @@ class GradientSaliency:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.reduce = _check_reduce(reduce)
-        self.scale = check_positive(scale, "scale")
-        if self.scale > 1:
-            raise ValueError(f"scale must be in (0, 1], got {scale}")
+        self.scale = _check_scale(scale)
         self.bn = _check_bn(bn)
 
     def __call__(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -473,9 +474,7 @@ class EarlyHeadSaliency:
             raise TypeError(f"head must be an EarlyHead, got {type(head).__name__}")
         self.head = head
         self.reduce = _check_reduce(reduce)
-        self.scale = check_positive(scale, "scale")
-        if self.scale > 1:
-            raise ValueError(f"scale must be in (0, 1], got {scale}")
+        self.scale = _check_scale(scale)
         self.bn = _check_bn(bn)
 
     def __call__(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .base import ClassifierModel
+from ._common import StagedClassifier
 
 
 class BasicBlock(nn.Module):
@@ -34,14 +34,16 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class CifarResNet(ClassifierModel):
-    """CIFAR-style ResNet built from BasicBlocks; ``widths`` and ``blocks`` give each stage."""
+class CifarResNet(StagedClassifier):
+    """CIFAR-style ResNet built from BasicBlocks; ``widths`` and ``blocks`` give each stage.
+
+    PyTorch's default initialisation, as the Cutout code this model comes from.
+    """
 
     def __init__(self, num_classes: int = 10, blocks=(2, 2, 2, 2), widths=(64, 128, 256, 512),
                  in_channels: int = 3):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
+                             nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
         stages = []
         in_planes = widths[0]
         for i, (n, width) in enumerate(zip(blocks, widths)):
@@ -50,23 +52,7 @@ class CifarResNet(ClassifierModel):
                 layers.append(BasicBlock(in_planes, width, stride=(1 if i == 0 or j > 0 else 2)))
                 in_planes = width
             stages.append(nn.Sequential(*layers))
-        self.stages = nn.ModuleList(stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(in_planes, num_classes)
-        self.num_features = in_planes
-
-    @property
-    def first_block(self) -> nn.Module:
-        return self.stages[0]
-
-    def hidden_blocks(self):
-        return [self.stem, *self.stages]
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-        return x
+        super().__init__(stem, stages, in_planes, num_classes)
 
 
 def resnet18_cifar(num_classes: int = 10, **kwargs) -> CifarResNet:
