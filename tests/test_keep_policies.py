@@ -85,3 +85,15 @@ def test_guided_aug_setting_composes_augmix_normalize_and_guided_ap():
     out, soft = pipeline(x, torch.arange(4))
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert torch.allclose(soft.sum(1), torch.ones(4))
+
+
+@pytest.mark.parametrize("name", ["keep_auto_augment", "keep_rand_augment", "keep_trivial_augment", "keep_aug_mix"])
+def test_recipe_presets_run_on_raw_pixels_with_normalised_model_saliency(name):
+    from keepmix.models import resnet18_cifar
+    from keepmix.recipes import BuildContext, build_op, op_space
+    from keepmix.saliency import NormalizedInput
+    from keepmix.train import _spec_has_policy
+    ctx = BuildContext(model=resnet18_cifar(4), num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3)
+    op = build_op({"name": name}, ctx)
+    assert op_space(op) == "raw" and _spec_has_policy({"name": name})
+    assert isinstance(op.saliency, NormalizedInput)  # the model sees normalised images

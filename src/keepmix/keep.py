@@ -271,6 +271,7 @@ class _KeepPolicy(SelectivePaste):
     """SelectivePaste over a policy built from ``policy_kwargs`` (shares the op's generator)."""
 
     policy_class: type = None
+    input_space = "raw"  # policies work on un-normalised pixels; so does the paste over them
 
     def __init__(self, size: SizeLike = 16, tau: float = 0.6, saliency=None, *, clip: bool = False,
                  scale: float = 1.0, generator: Optional[torch.Generator] = None, **policy_kwargs):

@@ -672,7 +672,7 @@ def _op_seed(seed: int, path: str) -> int:
 
 
 def _raw_space_class(cls) -> bool:
-    return cls.__module__.startswith("keepmix.policies")
+    return getattr(cls, "input_space", None) == "raw" or cls.__module__.startswith("keepmix.policies")
 
 
 def _saliency_value(value, spec: Dict[str, Any], ctx: BuildContext, raw: bool, path: str):

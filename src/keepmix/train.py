@@ -983,14 +983,14 @@ def _csv_cell(value) -> str:
 
 def _spec_has_policy(spec: Any) -> bool:
     """Whether a spec (nested ones included) names an image-level policy (raw-space op)."""
-    from .recipes import resolve_op
+    from .recipes import _raw_space_class, resolve_op
     if isinstance(spec, dict):
         if isinstance(spec.get("name"), str):
             try:
                 cls, _ = resolve_op(spec["name"])
             except ValueError:
                 cls = None
-            if cls is not None and cls.__module__.startswith("keepmix.policies"):
+            if cls is not None and _raw_space_class(cls):
                 return True
         return any(_spec_has_policy(v) for k, v in spec.items() if k != "name")
     if isinstance(spec, list):
