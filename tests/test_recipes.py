@@ -13,7 +13,8 @@ from keepmix import KeepCutout, SelectivePaste
 from keepmix.erase import Cutout
 from keepmix.mix import GuidedMixup
 from keepmix.policies import AutoAugment
-from keepmix.recipes import (BuildContext, NormalizedInput, TrainConfig, apply_overrides, build_op, build_ops,
+from keepmix.saliency import NormalizedInput
+from keepmix.recipes import (BuildContext, TrainConfig, apply_overrides, build_op, build_ops,
                              config_from_dict, config_to_dict, config_to_yaml, expand_arms, find_recipe,
                              list_recipes, load_pretrained, load_recipe, op_names, op_space, parse_override,
                              read_recipe, resolve_op, uses_early_head)

@@ -48,6 +48,7 @@ import yaml
 from torch import nn
 
 from .protocol import Op
+from .saliency import NormalizedInput
 
 PathLike = Union[str, os.PathLike]
 
@@ -590,29 +591,6 @@ def resolve_op(name: str) -> Tuple[type, Dict[str, Any]]:
 # --------------------------------------------------------------------------- building ops
 
 
-class NormalizedInput:
-    """Saliency source for ops that run on un-normalised images: normalise, then ask ``source``.
-
-    Image-level policies work on pixels in [0, 1] (or 0–255), while the model expects normalised
-    input; this wraps a source so its maps are those of the model's actual input
-    ``(x / scale − mean) / std`` (``scale`` 255 for uint8).
-    """
-
-    def __init__(self, source: Callable, mean: Sequence[float], std: Sequence[float]):
-        self.source = source
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-
-    def __call__(self, images: torch.Tensor, targets=None) -> torch.Tensor:
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        return self.source((x - mean) / std, targets)
-
-    def __repr__(self) -> str:
-        return f"NormalizedInput({self.source!r})"
-
-
 @dataclass
 class BuildContext:
     """What op construction may need from the run.
@@ -691,9 +669,8 @@ def _saliency_value(value, spec: Dict[str, Any], ctx: BuildContext, raw: bool, p
         return source
     if ctx.mean is None or ctx.std is None:
         raise ValueError(f"{path}: a raw-space op with model saliency needs the normalisation mean/std")
-    from .saliency import as_source
     scale = spec.get("scale", spec.get("saliency_scale", 1.0))
-    return NormalizedInput(as_source(source, reduce="max", scale=scale), ctx.mean, ctx.std)
+    return NormalizedInput(source, ctx.mean, ctx.std, reduce="max", scale=scale)
 
 
 def build_op(spec: Dict[str, Any], ctx: BuildContext, path: str = "ops[0]"):
@@ -820,7 +797,7 @@ def load_pretrained(model: nn.Module, path: PathLike) -> List[str]:
 
 
 __all__ = [
-    "AMP_MODES", "ArmConfig", "BuildContext", "DataConfig", "ModelConfig", "NormalizedInput", "OP_MODULES",
+    "AMP_MODES", "ArmConfig", "BuildContext", "DataConfig", "ModelConfig", "OP_MODULES",
     "OP_PRESETS", "OptimConfig", "SCHEDULES", "TrainConfig", "apply_overrides", "build_model_from_config",
     "build_op", "build_ops", "config_from_dict", "config_to_dict", "config_to_yaml", "expand_arms",
     "find_recipe", "list_recipes", "load_pretrained", "load_recipe", "op_names", "op_registry", "op_space",
