@@ -97,6 +97,14 @@ def _host_origin(generator: Optional[torch.Generator]):
     return "cpu" if generator is None else generator.device
 
 
+def _check_op_list(ops) -> List[OpLike]:
+    if isinstance(ops, (str, bytes)) or not isinstance(ops, Sequence) or callable(ops):
+        raise TypeError(f"ops must be a sequence of ops, got {type(ops).__name__}")
+    if len(ops) == 0:
+        raise ValueError("ops must hold at least one op")
+    return [_check_op(op, f"ops[{i}]") for i, op in enumerate(ops)]
+
+
 class Compose(Op):
     """Apply ops one after the other: ``(x, y) → op_n(… op_1(x, y))``.
 
@@ -108,11 +116,7 @@ class Compose(Op):
 
     def __init__(self, ops: Sequence[OpLike], generator: Optional[torch.Generator] = None):
         super().__init__(generator)
-        if isinstance(ops, (str, bytes)) or not isinstance(ops, Sequence) or callable(ops):
-            raise TypeError(f"ops must be a sequence of ops, got {type(ops).__name__}")
-        if len(ops) == 0:
-            raise ValueError("ops must hold at least one op")
-        self.ops: List[OpLike] = [_check_op(op, f"ops[{i}]") for i, op in enumerate(ops)]
+        self.ops: List[OpLike] = _check_op_list(ops)
         self.mixes_labels = any(_mixes(op) for op in self.ops)
         # only the first op sees the input; each later op checks what it is given (e.g. after Normalize)
         self.accepts_uint8 = getattr(self.ops[0], "accepts_uint8", True)
@@ -228,11 +232,7 @@ class RandomChoice(Op):
     def __init__(self, ops: Sequence[OpLike], weights: Optional[Sequence[float]] = None, *, per_sample: bool = False,
                  num_classes: Optional[int] = None, generator: Optional[torch.Generator] = None):
         super().__init__(generator)
-        if isinstance(ops, (str, bytes)) or not isinstance(ops, Sequence) or callable(ops):
-            raise TypeError(f"ops must be a sequence of ops, got {type(ops).__name__}")
-        if len(ops) == 0:
-            raise ValueError("ops must hold at least one op")
-        self.ops: List[OpLike] = [_check_op(op, f"ops[{i}]") for i, op in enumerate(ops)]
+        self.ops: List[OpLike] = _check_op_list(ops)
         if weights is None:
             weights = [1.0] * len(self.ops)
         try:

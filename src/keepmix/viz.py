@@ -110,12 +110,7 @@ def save_grid(columns: Sequence[Column], path: PathLike, *, mean: Optional[Seque
                 ax.set_ylabel(row_labels[i], fontsize=7)
     if title:
         figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi)
-    plt.close(figure)
-    return path
+    return _save(figure, path, dpi)
 
 
 # --------------------------------------------------------------------------- training curves
@@ -182,12 +177,17 @@ def plot_curves(runs: Union[Sequence[Mapping[str, float]], Mapping[str, Sequence
             ax.legend(fontsize=7)
     if title:
         figure.suptitle(title, fontsize=10)
+    return _save(figure, path, dpi)
+
+
+__all__ = ["plot_curves", "read_metrics", "save_grid", "scale_maps", "to_display"]
+
+
+def _save(figure, path, dpi: int) -> Path:
+    """Lay out, write (creating the folder) and close a figure."""
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=dpi)
-    plt.close(figure)
+    _pyplot().close(figure)
     return path
-
-
-__all__ = ["plot_curves", "read_metrics", "save_grid", "scale_maps", "to_display"]

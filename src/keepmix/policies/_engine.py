@@ -167,3 +167,15 @@ class ImagePolicy(Op):
     def _run(self, images: torch.Tensor, op_index: torch.Tensor, magnitude: torch.Tensor,
              fill: torch.Tensor) -> torch.Tensor:
         return apply_per_sample(images, op_index, magnitude, self.op_names, fill, self.interpolation)
+
+    def _apply_sequence(self, images: torch.Tensor, steps: int) -> torch.Tensor:
+        """Draw a plan (``sample_plan``: op_index/magnitude B×steps) and run its steps in order."""
+        self._check_channels(images)
+        batch, _, height, width = images.shape
+        plan = self.sample_plan(batch, height, width, images.device)
+        fill = F.fill_tensor(self.fill, images)
+        out = images
+        for step in range(steps):
+            out = self._run(out, plan["op_index"][:, step], plan["magnitude"][:, step], fill)
+        self.last_stats = plan
+        return out.clone() if out is images else out

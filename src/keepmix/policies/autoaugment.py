@@ -34,7 +34,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .. import _random
-from . import functional as F
 from ._engine import ImagePolicy, MagnitudeRange, magnitude_values
 
 Step = Tuple[str, float, Optional[int]]
@@ -211,15 +210,7 @@ class AutoAugment(ImagePolicy):
         return {"subpolicy": subpolicy, "applied": applied, "op_index": op_index, "magnitude": magnitude}
 
     def apply(self, images, targets, **kwargs):
-        self._check_channels(images)
-        batch, _, height, width = images.shape
-        plan = self.sample_plan(batch, height, width, images.device)
-        fill = F.fill_tensor(self.fill, images)
-        out = images
-        for step in range(2):
-            out = self._run(out, plan["op_index"][:, step], plan["magnitude"][:, step], fill)
-        self.last_stats = plan
-        return (out.clone() if out is images else out), targets
+        return self._apply_sequence(images, 2), targets
 
     def _repr_fields(self):
         return {"policy": self.policy, "fill": self.fill, "interpolation": self.interpolation}

@@ -114,15 +114,7 @@ class RandAugment(ImagePolicy):
         return {"op_index": op_index, "level": level, "magnitude": magnitude}
 
     def apply(self, images, targets, **kwargs):
-        self._check_channels(images)
-        batch, _, height, width = images.shape
-        plan = self.sample_plan(batch, height, width, images.device)
-        fill = F.fill_tensor(self.fill, images)
-        out = images
-        for step in range(self.num_ops):
-            out = self._run(out, plan["op_index"][:, step], plan["magnitude"][:, step], fill)
-        self.last_stats = plan
-        return (out.clone() if out is images else out), targets
+        return self._apply_sequence(images, self.num_ops), targets
 
     def _repr_fields(self):
         return {"num_ops": self.num_ops, "magnitude": self.magnitude,
