@@ -270,18 +270,14 @@ class SelectivePaste(_SelectiveWindow):
 class _KeepPolicy(SelectivePaste):
     """SelectivePaste over a policy built from ``policy_kwargs`` (shares the op's generator)."""
 
-    policy_class: type = None
+    policy_name: str = ""  # the class in keepmix.policies
     input_space = "raw"  # policies work on un-normalised pixels; so does the paste over them
 
     def __init__(self, size: SizeLike = 16, tau: float = 0.6, saliency=None, *, clip: bool = False,
                  scale: float = 1.0, generator: Optional[torch.Generator] = None, **policy_kwargs):
-        policy = self.policy_class(generator=generator, **policy_kwargs)
+        from . import policies  # deferred: only these presets need the policies package
+        policy = getattr(policies, self.policy_name)(generator=generator, **policy_kwargs)
         super().__init__(policy, size, tau, saliency, clip=clip, scale=scale, generator=generator)
-
-
-def _policies():
-    from . import policies  # deferred: the policies package is only needed by these presets
-    return policies
 
 
 class KeepAutoAugment(_KeepPolicy):
@@ -293,30 +289,22 @@ class KeepAutoAugment(_KeepPolicy):
     Extra keyword arguments go to the policy.
     """
 
-    def __init__(self, size: SizeLike = 16, tau: float = 0.6, saliency=None, **kwargs):
-        self.policy_class = _policies().AutoAugment
-        super().__init__(size, tau, saliency, **kwargs)
+    policy_name = "AutoAugment"
 
 
 class KeepRandAugment(_KeepPolicy):
     """KeepRandAugment: :class:`SelectivePaste` over :class:`keepmix.policies.RandAugment` (kwargs → policy)."""
 
-    def __init__(self, size: SizeLike = 16, tau: float = 0.6, saliency=None, **kwargs):
-        self.policy_class = _policies().RandAugment
-        super().__init__(size, tau, saliency, **kwargs)
+    policy_name = "RandAugment"
 
 
 class KeepTrivialAugment(_KeepPolicy):
     """KeepTrivialAugment: :class:`SelectivePaste` over :class:`keepmix.policies.TrivialAugmentWide`."""
 
-    def __init__(self, size: SizeLike = 16, tau: float = 0.6, saliency=None, **kwargs):
-        self.policy_class = _policies().TrivialAugmentWide
-        super().__init__(size, tau, saliency, **kwargs)
+    policy_name = "TrivialAugmentWide"
 
 
 class KeepAugMix(_KeepPolicy):
     """KeepAugMix: :class:`SelectivePaste` over :class:`keepmix.policies.AugMix` (kwargs → policy)."""
 
-    def __init__(self, size: SizeLike = 16, tau: float = 0.6, saliency=None, **kwargs):
-        self.policy_class = _policies().AugMix
-        super().__init__(size, tau, saliency, **kwargs)
+    policy_name = "AugMix"

@@ -448,37 +448,45 @@ class EarlyHead(nn.Module):
 # --------------------------------------------------------------------------- sources
 
 
-class GradientSaliency:
+class _GradientOptions:
+    """The options every gradient-saliency source fixes: ``reduce``, ``scale``, ``bn`` (validated once)."""
+
+    def __init__(self, reduce: str, scale: float, bn: str):
+        self.reduce = _check_reduce(reduce)
+        self.scale = _check_scale(scale)
+        self.bn = _check_bn(bn)
+
+    def _options(self) -> dict:
+        return {"reduce": self.reduce, "scale": self.scale, "bn": self.bn}
+
+
+class GradientSaliency(_GradientOptions):
     """Saliency source: :func:`gradient` of ``model`` with fixed options; ``source(images, targets)``."""
 
     def __init__(self, model: nn.Module, *, reduce: str = "max", scale: float = 1.0, bn: str = "eval"):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        super().__init__(reduce, scale, bn)
         self.model = model
-        self.reduce = _check_reduce(reduce)
-        self.scale = _check_scale(scale)
-        self.bn = _check_bn(bn)
 
     def __call__(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return gradient(self.model, images, targets, reduce=self.reduce, scale=self.scale, bn=self.bn)
+        return gradient(self.model, images, targets, **self._options())
 
     def __repr__(self) -> str:
         return f"GradientSaliency(model={type(self.model).__name__}, reduce={self.reduce!r}, scale={self.scale})"
 
 
-class EarlyHeadSaliency:
+class EarlyHeadSaliency(_GradientOptions):
     """Saliency source through an :class:`EarlyHead`."""
 
     def __init__(self, head: EarlyHead, *, reduce: str = "max", scale: float = 1.0, bn: str = "eval"):
         if not isinstance(head, EarlyHead):
             raise TypeError(f"head must be an EarlyHead, got {type(head).__name__}")
+        super().__init__(reduce, scale, bn)
         self.head = head
-        self.reduce = _check_reduce(reduce)
-        self.scale = _check_scale(scale)
-        self.bn = _check_bn(bn)
 
     def __call__(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.head.saliency(images, targets, reduce=self.reduce, scale=self.scale, bn=self.bn)
+        return self.head.saliency(images, targets, **self._options())
 
     def __repr__(self) -> str:
         return f"EarlyHeadSaliency(reduce={self.reduce!r}, scale={self.scale})"

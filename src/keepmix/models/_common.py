@@ -18,7 +18,7 @@ hooked or captured block output stays valid after later blocks have run.
 from __future__ import annotations
 
 import numbers
-from typing import List, Sequence
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -73,6 +73,25 @@ def he_init(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def residual_stages(make_block: Callable[[int, int, int], nn.Module], in_channels: int,
+                    widths: Sequence[int], blocks: Sequence[int], expansion: int = 1) -> Tuple[List[nn.Sequential], int]:
+    """Stages of residual blocks: stage k has ``blocks[k]`` blocks of width ``widths[k]``; the first
+    block of every stage after the first has stride 2. ``make_block(in_channels, width, stride)``
+    builds one block, whose output has ``width · expansion`` channels.
+
+    Returns the stages and the channel count of the last one.
+    """
+    stages = []
+    current = in_channels
+    for index, (count, width) in enumerate(zip(blocks, widths)):
+        layers = []
+        for j in range(count):
+            layers.append(make_block(current, width, 2 if index > 0 and j == 0 else 1))
+            current = width * expansion
+        stages.append(nn.Sequential(*layers))
+    return stages, current
 
 
 class StagedClassifier(ClassifierModel):

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ._common import StagedClassifier, check_int, conv1x1, conv3x3, he_init
+from ._common import StagedClassifier, check_int, conv1x1, conv3x3, he_init, residual_stages
 
 
 class PreActBlock(nn.Module):
@@ -61,14 +61,7 @@ class PreActResNet(StagedClassifier):
         blocks = [check_int(b, "blocks[i]", minimum=1) for b in blocks]
         widths = [check_int(w, "widths[i]", minimum=1) for w in widths]
         stem = conv3x3(in_channels, widths[0])
-        stages = []
-        current = widths[0]
-        for index, (count, width) in enumerate(zip(blocks, widths)):
-            layers = []
-            for j in range(count):
-                layers.append(PreActBlock(current, width, stride=2 if index > 0 and j == 0 else 1))
-                current = width
-            stages.append(nn.Sequential(*layers))
+        stages, current = residual_stages(PreActBlock, widths[0], widths, blocks)
         # Final BN + ReLU of the pre-activation design, part of the last stage (see module docstring).
         stages[-1].append(nn.BatchNorm2d(current))
         stages[-1].append(nn.ReLU())

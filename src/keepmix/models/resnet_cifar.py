@@ -11,7 +11,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ._common import StagedClassifier
+from ._common import StagedClassifier, residual_stages
 
 
 class BasicBlock(nn.Module):
@@ -44,15 +44,8 @@ class CifarResNet(StagedClassifier):
                  in_channels: int = 3):
         stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
                              nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
-        stages = []
-        in_planes = widths[0]
-        for i, (n, width) in enumerate(zip(blocks, widths)):
-            layers = []
-            for j in range(n):
-                layers.append(BasicBlock(in_planes, width, stride=(1 if i == 0 or j > 0 else 2)))
-                in_planes = width
-            stages.append(nn.Sequential(*layers))
-        super().__init__(stem, stages, in_planes, num_classes)
+        stages, channels = residual_stages(BasicBlock, widths[0], widths, blocks)
+        super().__init__(stem, stages, channels, num_classes)
 
 
 def resnet18_cifar(num_classes: int = 10, **kwargs) -> CifarResNet:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ._common import StagedClassifier, check_int, conv1x1, conv3x3, he_init
+from ._common import StagedClassifier, check_int, conv1x1, conv3x3, he_init, residual_stages
 
 SHORTCUTS = ("A", "B")
 
@@ -74,14 +74,8 @@ class DeepCifarResNet(StagedClassifier):
         n = (depth - 2) // 6
         widths = (16, 32, 64)
         stem = nn.Sequential(conv3x3(in_channels, 16), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
-        stages = []
-        current = 16
-        for index, width in enumerate(widths):
-            layers = []
-            for j in range(n):
-                layers.append(CifarBasicBlock(current, width, 2 if index > 0 and j == 0 else 1, shortcut))
-                current = width
-            stages.append(nn.Sequential(*layers))
+        stages, current = residual_stages(lambda c, w, s: CifarBasicBlock(c, w, s, shortcut), 16, widths,
+                                          [n] * len(widths))
         super().__init__(stem, stages, current, num_classes)
         self.depth = depth
         he_init(self)

@@ -18,7 +18,7 @@ from typing import Sequence, Type, Union
 import torch
 from torch import nn
 
-from ._common import StagedClassifier, check_int, conv1x1, conv3x3, he_init
+from ._common import StagedClassifier, check_int, conv1x1, conv3x3, he_init, residual_stages
 
 
 def _projection(in_channels: int, out_channels: int, stride: int):
@@ -84,14 +84,7 @@ class ImageNetResNet(StagedClassifier):
         stem = nn.Sequential(nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False),
                              nn.BatchNorm2d(64), nn.ReLU(inplace=True),
                              nn.MaxPool2d(3, stride=2, padding=1))
-        stages = []
-        current = 64
-        for index, (count, width) in enumerate(zip(blocks, (64, 128, 256, 512))):
-            layers = []
-            for j in range(count):
-                layers.append(block(current, width, 2 if index > 0 and j == 0 else 1))
-                current = width * block.expansion
-            stages.append(nn.Sequential(*layers))
+        stages, current = residual_stages(block, 64, (64, 128, 256, 512), blocks, block.expansion)
         super().__init__(stem, stages, current, num_classes)
         he_init(self)
 

@@ -27,7 +27,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .. import _random
-from ._common import StagedClassifier, check_int, conv1x1, conv3x3, he_init
+from ._common import StagedClassifier, check_int, conv1x1, conv3x3, he_init, residual_stages
 
 
 def shake_shake_mix(branch1: torch.Tensor, branch2: torch.Tensor, alpha: torch.Tensor,
@@ -106,15 +106,7 @@ class ShakeShakeResNet(StagedClassifier):
         in_channels = check_int(in_channels, "in_channels", minimum=1)
         n = (depth - 2) // 6
         stem = nn.Sequential(conv3x3(in_channels, 16), nn.BatchNorm2d(16))
-        stages = []
-        current = 16
-        for index, multiple in enumerate((1, 2, 4)):
-            channels = base_width * multiple
-            layers = []
-            for j in range(n):
-                layers.append(ShakeShakeBlock(current, channels, 2 if index > 0 and j == 0 else 1))
-                current = channels
-            stages.append(nn.Sequential(*layers))
+        stages, current = residual_stages(ShakeShakeBlock, 16, [base_width * m for m in (1, 2, 4)], [n] * 3)
         stages[-1].append(nn.ReLU())
         super().__init__(stem, stages, current, num_classes)
         self.depth, self.base_width = depth, base_width

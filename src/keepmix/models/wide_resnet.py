@@ -21,7 +21,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ._common import StagedClassifier, check_fraction, check_int, conv1x1, conv3x3, he_init
+from ._common import StagedClassifier, check_fraction, check_int, conv1x1, conv3x3, he_init, residual_stages
 
 
 class WideBlock(nn.Module):
@@ -58,15 +58,8 @@ class WideResNet(StagedClassifier):
         dropout = check_fraction(dropout, "dropout")
         n = (depth - 4) // 6
         stem = conv3x3(in_channels, 16)
-        stages = []
-        current = 16
-        for index, base in enumerate((16, 32, 64)):
-            channels = base * width
-            layers = []
-            for j in range(n):
-                layers.append(WideBlock(current, channels, 2 if index > 0 and j == 0 else 1, dropout))
-                current = channels
-            stages.append(nn.Sequential(*layers))
+        stages, current = residual_stages(lambda c, w, s: WideBlock(c, w, s, dropout), 16,
+                                          [base * width for base in (16, 32, 64)], [n] * 3)
         stages[-1].append(nn.BatchNorm2d(current))
         stages[-1].append(nn.ReLU())
         super().__init__(stem, stages, current, num_classes)
