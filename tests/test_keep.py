@@ -72,14 +72,17 @@ def test_keep_cutout_per_sample_windows_on_identical_maps():
     assert len(boxes) > 5
 
 
+def _clipped_extent(centre, length, side):
+    return min(centre - length // 2 + length, side) - max(centre - length // 2, 0)
+
+
 def test_keep_cutout_clip_boxes_are_clipped_cutout_boxes():
+    """clip=True: the cut is a Cutout box (centred on a pixel, clipped), scoring strictly below the
+    τ-quantile of the scores of every centre whose clipped box has the same shape (brute force)."""
     x, maps = _batch(300, 9, 11, seed=3)
     h, w = 4, 5
     op = KeepCutout((h, w), tau=0.6, clip=True, generator=_gen(2))
     out, _ = op(x, None, saliency_maps=maps)
-    from keepmix.regions import centred_window_scores, quantile_threshold
-    centred = centred_window_scores(maps, (h, w))
-    threshold = quantile_threshold(centred, 0.6)
     areas = []
     for b in range(300):
         top, bottom, left, right = _box((out[b] != x[b]).any(dim=0))
@@ -87,10 +90,19 @@ def test_keep_cutout_clip_boxes_are_clipped_cutout_boxes():
         assert bottom - top <= h and right - left <= w
         assert top == 0 or bottom == 9 or bottom - top == h
         assert left == 0 or right == 11 or right - left == w
-        cy = top + h // 2 if top > 0 else bottom - h + h // 2     # the centre the box was cut around
-        cx = left + w // 2 if left > 0 else right - w + w // 2
-        assert 0 <= cy < 9 and 0 <= cx < 11
-        assert centred[b, cy, cx] < threshold[b] or op.last_stats["fallback"][b]
+        candidates = {}
+        for cy in range(9):
+            for cx in range(11):
+                if (_clipped_extent(cy, h, 9), _clipped_extent(cx, w, 11)) != (bottom - top, right - left):
+                    continue
+                t, l = max(cy - h // 2, 0), max(cx - w // 2, 0)
+                candidates[(t, l)] = float(maps[b, t:t + bottom - top, l:l + right - left].double().sum())
+        assert (top, left) in candidates
+        threshold = np.quantile(list(candidates.values()), 0.6)
+        if op.last_stats["fallback"][b]:
+            assert candidates[(top, left)] <= threshold + 1e-6
+        else:
+            assert candidates[(top, left)] < threshold + 1e-6
     assert max(areas) == h * w and min(areas) < h * w                   # some boxes clipped, some not
 
 

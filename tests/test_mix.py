@@ -18,9 +18,11 @@ def _gen(seed):
 
 
 def _normalised(maps, blur=(7, 3.0)):
-    """The maps GuidedMixup guides with: blurred, clamped, ε added, summed to 1 (the spec, in float64)."""
+    """The maps GuidedMixup guides with: blurred, clamped, divided by the peak, ε added, summed to 1
+    (the spec, in float64)."""
     s = gaussian_blur(maps.double(), *blur) if blur is not None else maps.double()
-    s = s.clamp_min(0) + 1e-12
+    s = s.clamp_min(0)
+    s = s / s.amax(dim=(1, 2), keepdim=True).clamp_min(1e-300) + 1e-12     # scale-free: ε relative to the peak
     return s / s.sum(dim=(1, 2), keepdim=True)
 
 

@@ -420,7 +420,7 @@ def test_manifold_mixup_layer_is_uniform_over_the_eligible_layers(make_tiny_net,
     layers = []
     for _ in range(240):
         op(x, y)
-        layers.append(int(op.last_stats["layer"]))
+        layers.append(op.layers[int(op.last_stats["layer"])])
     op.disarm()
     assert set(layers) == {0, 1, 3}
     assert chi2_pvalue([layers.count(k) for k in (0, 1, 3)]) > 1e-3
@@ -603,3 +603,36 @@ def test_box_mixers_label_weights_equal_pixel_shares_for_any_shape(batch, height
     out, soft = op(x, torch.arange(batch))
     check_pixel_shares(out, soft, op.last_stats["partner"])
     assert torch.all(torch.isfinite(soft))
+
+
+def test_manifold_mixup_layers_by_name_are_the_papers_places():
+    """Verma et al. mix at the input and after the first and second residual stage: by name
+    ("input", "stages.0", "stages.1") = by number (0, 2, 3); 1 is the stem, not a stage."""
+    model = resnet18_cifar(4)
+    by_name = ManifoldMixup(model, 4, layers=("input", "stages.0", "stages.1"))
+    assert by_name._targets == [None, model.stages[0], model.stages[1]]
+    by_number = ManifoldMixup(model, 4, layers=(0, 2, 3))
+    assert by_number._targets == by_name._targets
+    assert ManifoldMixup(model, 4)._targets == by_name._targets           # the default is the paper's
+    with pytest.raises(ValueError, match=r"stage\.0.*did you mean 'stages.0'"):
+        ManifoldMixup(model, 4, layers=("stage.0",))
+    with pytest.raises(ValueError, match="distinct"):
+        ManifoldMixup(model, 4, layers=("input", 0))
+    # the named layer is the one mixed: hook on stages.1, its output is λ-mixed with the partner's
+    seen = {}
+    model.stages[1].register_forward_hook(lambda m, i, o: seen.setdefault("out", o.detach().clone()))
+    op = ManifoldMixup(model, 4, layers=("stages.1",), generator=gen(5))
+    x, y = torch.randn(4, 3, 16, 16), torch.arange(4)
+    model.eval()
+    with torch.no_grad():
+        clean = {}
+        h = model.stages[1].register_forward_hook(lambda m, i, o: clean.setdefault("out", o.detach().clone()))
+        model(x)
+        h.remove()
+        seen.clear()
+        op(x, y)
+        logits = model(x)
+    lam, partner = op.last_stats["lam"], op.last_stats["partner"]
+    mixed = torch.lerp(clean["out"][partner], clean["out"], lam.view(-1, 1, 1, 1))
+    expected = model.classifier(torch.flatten(model.pool(model.stages[3](model.stages[2](mixed))), 1))
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)

@@ -261,9 +261,22 @@ def test_nested_specs_build_nested_ops_and_raw_space_is_inferred(make_tiny_net):
     assert torch.allclose(paste.saliency(pixels, labels), expected, atol=1e-6)
 
 
-def test_teacher_mapping_builds_a_frozen_network():
+def test_teacher_mapping_builds_a_frozen_network(tmp_path):
     spec = {"name": "attentive_cut_mix", "teacher": {"model": "resnet_small", "num_classes": 4}, "top_k": 2, "grid": 2}
+    # no weights: refused, naming the field (an untrained teacher attends at random)
+    with pytest.raises(ValueError, match=r"teacher\.pretrained.*untrained"):
+        build_op(spec, _ctx())
+    with pytest.raises(ValueError, match=r"teacher\.pretrained"):
+        build_op({**spec, "teacher": {"model": "resnet_small", "num_classes": 4, "pretrained": None}}, _ctx())
+    with pytest.warns(UserWarning, match="untrained"):
+        build_op({**spec, "teacher": {"model": "resnet_small", "num_classes": 4, "pretrained": "untrained"}}, _ctx())
+    from keepmix.models import build_model
+    torch.manual_seed(3)
+    trained = build_model("resnet_small", 4)
+    torch.save(trained.state_dict(), tmp_path / "teacher.pt")
+    spec = {**spec, "teacher": {"model": "resnet_small", "num_classes": 4, "pretrained": str(tmp_path / "teacher.pt")}}
     op = build_op(spec, _ctx())
+    assert torch.equal(op.teacher.classifier.weight, trained.classifier.weight)
     assert not op.teacher.training and not any(p.requires_grad for p in op.teacher.parameters())
     assert op.teacher.classifier.out_features == 4
     with pytest.raises(ValueError, match="unknown key"):
@@ -323,6 +336,10 @@ def test_every_recipe_parses_and_builds_its_model_and_ops():
                 stand_ins[k] = build_model("resnet_small", k)
             stand_in = stand_ins[k]
             ctx = _ctx(stand_in, num_classes=k, early_head=lambda m=stand_in, k=k: EarlyHead(m, k))
+            if "attentive" in arm_name:  # its teacher's weights are the user's to give: refused without them
+                with pytest.raises(ValueError, match="pretrained"):
+                    build_ops(arm.ops, ctx)
+                continue
             ops = build_ops(arm.ops, ctx)
             assert len(ops) == len(arm.ops), (name, arm_name)
 
@@ -330,10 +347,14 @@ def test_every_recipe_parses_and_builds_its_model_and_ops():
 def test_default_recipe_compares_cutout_and_keep_cutout_at_one_length():
     config = load_recipe("default")
     arms = dict(expand_arms(config))
-    assert list(arms) == ["cutout", "keep_cutout"]
-    cut, keep = arms["cutout"].ops[0], arms["keep_cutout"].ops[0]
+    assert list(arms) == ["cutout", "keep_cutout", "keep_cutout_random"]
+    cut, keep, null = arms["cutout"].ops[0], arms["keep_cutout"].ops[0], arms["keep_cutout_random"].ops[0]
     assert cut["name"] == "cutout" and keep["name"] == "keep_cutout" and keep["saliency"] == "model"
     assert cut["length"] == keep["size"]
+    # the null control is the same op on an information-free map, in Cutout's box family
+    assert {**null, "saliency": "model"} == keep and null["saliency"] == "random"
+    assert keep["clip"] is True and not cut.get("inside", False)
+    assert arms["keep_cutout_random"].seed == arms["cutout"].seed
     assert arms["cutout"].seed == arms["keep_cutout"].seed
     assert config.data.name == "salient_shapes"
     assert dataclasses.replace(arms["cutout"], ops=[], name="x") == dataclasses.replace(arms["keep_cutout"], ops=[],

@@ -7,6 +7,8 @@ import copy
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -450,11 +452,30 @@ def test_normalize_sum():
     np.testing.assert_allclose(out.sum(dim=(1, 2)).numpy(), np.ones(3), rtol=1e-6)
     assert torch.all(out > 0)
     np.testing.assert_allclose(out[1].numpy(), np.full((5, 4), 1 / 20), rtol=1e-6)
-    expected = maps[0].double() + 1e-12
+    expected = maps[0].double() / maps[0].max() + 1e-12     # ŝ = s / max s, then ε relative to the peak
     np.testing.assert_allclose(out[0].numpy(), (expected / expected.sum()).numpy(), rtol=1e-6)
     assert out[2, 0, 0].item() < 1e-10
     with pytest.raises(ValueError, match="eps"):
         normalize_sum(maps, eps=0.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(exponent=st.floats(-37.0, 37.0), seed=st.integers(0, 2 ** 16))
+def test_normalize_sum_is_scale_invariant(exponent, seed):
+    """The reported input: s = rand⁴ rescaled by 1e-12 moved the result by 0.91 in L1. Any positive
+    rescaling over float32's normal range leaves the result unchanged up to rounding."""
+    s = torch.rand(4, 32, 32, generator=torch.Generator().manual_seed(seed)) ** 4
+    scaled = s * 10.0 ** exponent
+    assume(bool((scaled.amax(dim=(1, 2)) > torch.finfo(torch.float32).tiny * 1e7).all()))
+    assume(bool(torch.isfinite(scaled).all()))
+    diff = (normalize_sum(scaled) - normalize_sum(s)).abs().sum(dim=(1, 2))
+    assert float(diff.max()) < 1e-5
+
+
+def test_normalize_sum_reported_input():
+    s = torch.rand(4, 32, 32, generator=torch.Generator().manual_seed(0)) ** 4
+    assert float((normalize_sum(s * 1e-12) - normalize_sum(s)).abs().sum()) < 1e-5
+    assert float((normalize_sum(s.double() * 1e-300) - normalize_sum(s)).abs().sum()) < 1e-5
 
 
 # --------------------------------------------------------------------------- sources

@@ -64,8 +64,18 @@ def check_fill_value(value):
     return values
 
 
+def check_fill_channels(value, channels: int, name: str = "value") -> None:
+    """A per-channel fill must have one value per image channel (ValueError naming ``name`` otherwise)."""
+    if isinstance(value, tuple) and len(value) not in (1, channels):
+        raise ValueError(f"{name} has {len(value)} per-channel values but the images have {channels} "
+                         f"channel{'s' if channels != 1 else ''}; give one value per channel or a single number")
+
+
 def erase_masked(images: torch.Tensor, mask: torch.Tensor, value, generator) -> torch.Tensor:
-    """Fill the pixels under ``mask`` (B×H×W bool) with ``value``; returns the input dtype."""
+    """Fill the pixels under ``mask`` (B×H×W bool) with ``value``; returns the input dtype.
+
+    Raises ValueError when a per-channel ``value`` does not have one entry per channel."""
+    check_fill_channels(value, images.shape[1])
     x = to_float(images)
     fill = _fill_values(value, images, mask, generator).to(x.dtype)
     out = torch.where(mask.unsqueeze(1), fill, x)
@@ -96,7 +106,10 @@ class Cutout(Op):
     Per image and hole, a centre (c_y, c_x) is drawn uniformly over all H×W
     pixels; the hole covers rows [c_y − ⌊h/2⌋, c_y − ⌊h/2⌋ + h) and columns
     [c_x − ⌊w/2⌋, c_x − ⌊w/2⌋ + w), intersected with the image — so holes near the
-    border are partly outside and erase less. Holes may overlap. The erased set is
+    border are partly outside and erase less. ``inside=True`` instead places the
+    whole h×w hole inside the image (top-left corner uniform on [0, H−h]×[0, W−w]):
+    the box family of :class:`keepmix.keep.KeepCutout` with full windows
+    (``clip=False``), and so its fair baseline. Holes may overlap. The erased set is
     the union of the holes, filled with ``value``:
 
     .. math:: \\tilde x = (1 − M) ⊙ x + M ⊙ v, \\qquad M = \\bigcup_k \\mathrm{box}_k
@@ -107,7 +120,8 @@ class Cutout(Op):
         n_holes: holes per image (1 in the paper).
         p: probability that an image is cut at all (1.0 = always, as Cutout).
         value: fill (0.0 — the mean of normalised images — as Cutout), per-channel
-            values, or ``"random"``.
+            values (one per image channel), or ``"random"``.
+        inside: whole holes inside the image instead of centred anywhere and clipped.
         generator: optional ``torch.Generator``.
 
     Shapes: images B×C×H×W float or uint8 → same; targets returned unchanged.
@@ -121,22 +135,32 @@ class Cutout(Op):
     """
 
     def __init__(self, length: SizeLike = 16, n_holes: int = 1, *, p: float = 1.0, value: FillValue = 0.0,
-                 generator: Optional[torch.Generator] = None):
+                 inside: bool = False, generator: Optional[torch.Generator] = None):
         super().__init__(generator)
         self.length = check_size(length, "length")
         self.n_holes = _check_count(n_holes, "n_holes")
         self.p = check_probability(p, "p")
         self.value = check_fill_value(value)
+        self.inside = bool(inside)
 
     def _repr_fields(self):
-        return {"length": self.length, "n_holes": self.n_holes, "p": self.p, "value": self.value}
+        return {"length": self.length, "n_holes": self.n_holes, "p": self.p, "value": self.value,
+                "inside": self.inside}
 
     def apply(self, images, targets) -> Batch:
-        batch, _, height, width = images.shape
+        batch, channels, height, width = images.shape
+        check_fill_channels(self.value, channels)
         device = images.device
         h, w = self.length
-        centre_y = _random.randint(0, height, (batch, self.n_holes), device, self.generator)
-        centre_x = _random.randint(0, width, (batch, self.n_holes), device, self.generator)
+        if self.inside:  # whole boxes: top-left uniform on [0, H − h] × [0, W − w]
+            if h > height or w > width:
+                raise ValueError(f"length {self.length} must fit inside the {height}×{width} images "
+                                 f"when inside=True")
+            centre_y = _random.randint(0, height - h + 1, (batch, self.n_holes), device, self.generator) + h // 2
+            centre_x = _random.randint(0, width - w + 1, (batch, self.n_holes), device, self.generator) + w // 2
+        else:
+            centre_y = _random.randint(0, height, (batch, self.n_holes), device, self.generator)
+            centre_x = _random.randint(0, width, (batch, self.n_holes), device, self.generator)
         applied = _random.rand((batch,), device, self.generator) < self.p
         mask = torch.zeros((batch, height, width), dtype=torch.bool, device=device)
         for k in range(self.n_holes):  # a few holes, each a batched box

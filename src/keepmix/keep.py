@@ -12,8 +12,16 @@ scores, and
   those scoring *above* it (Eq. 3: x̃ = M(S) ⊙ x + (1 − M(S)) ⊙ A(x)).
 
 Candidate windows are the paper's full h×w windows inside the image by
-default; ``clip=True`` (KeepCutout, SelectivePaste) uses Cutout-style boxes
-centred on any pixel and clipped to the image instead.
+default; ``clip=True`` (KeepCutout, KeepCutMix, SelectivePaste) uses
+Cutout-style boxes centred on any pixel and clipped to the image instead.
+Saliency chooses only a box's *position*, never its size: with ``clip=True``
+the candidates are the boxes of the same clipped shape as a reference box drawn
+as Cutout draws it (:func:`keepmix.regions.select_boxes`). So an
+information-free map reproduces the baseline's box distribution exactly, and a
+KeepX-vs-X comparison differs only in where the box goes. Fair baselines:
+``Cutout(inside=True)`` / ``CutMix(inside=True)`` for full windows,
+``Cutout()`` / ``CutMix()`` for ``clip=True``; ``saliency="random"`` is the
+null control (i.i.d. uniform maps).
 
 Saliency comes from ``saliency=``: a model (KeepAugment's
 ``max_c |∂ℓ_y/∂x|``; ``scale=0.5`` for the low-resolution variant), an
@@ -38,8 +46,7 @@ from .erase import RandomErasing, check_fill_value, erase_masked, random_erasing
 from .mix import mix_targets
 from .pairing import check_pairing, pair
 from .protocol import Batch, Op, restore_dtype, to_float
-from .regions import (box_masks, centred_window_scores, quantile_threshold, sample_windows, window_scores,
-                      window_scores_per_image)
+from .regions import box_masks, select_boxes
 from .saliency import as_source, compute_maps, gaussian_blur, normalize_sum, takes_uint8
 
 
@@ -58,25 +65,15 @@ class _SelectiveWindow(Op):
         self.size = check_size(size)
         self.tau = check_probability(tau, "tau")
         self.clip = bool(clip)
-        self.saliency = as_source(saliency, reduce="max", scale=check_positive(scale, "scale"))
+        self.saliency = as_source(saliency, reduce="max", scale=check_positive(scale, "scale"), generator=generator)
         self.accepts_uint8 = takes_uint8(self.saliency)
 
     def _window(self, images, targets, saliency_maps, below: bool):
         """Maps, then a window per image; returns (mask B×H×W, maps, fallback)."""
         maps = compute_maps(self.saliency, images, targets, saliency_maps, type(self).__name__)
-        height, width = maps.shape[-2:]
         h, w = self.size
-        if self.clip:
-            scores = centred_window_scores(maps, (h, w))
-            picked = sample_windows(scores, quantile_threshold(scores, self.tau), below, self.generator)
-            top, left = picked.top - h // 2, picked.left - w // 2
-        else:
-            if h > height or w > width:
-                raise ValueError(f"size {self.size} must fit inside the {height}×{width} images (or use clip=True)")
-            scores = window_scores(maps, (h, w))
-            picked = sample_windows(scores, quantile_threshold(scores, self.tau), below, self.generator)
-            top, left = picked.top, picked.left
-        return box_masks(top, left, h, w, (height, width)), maps, picked.fallback
+        picked = select_boxes(maps, h, w, self.tau, below=below, clip=self.clip, generator=self.generator)
+        return box_masks(picked.top, picked.left, picked.height, picked.width, maps.shape[-2:]), maps, picked.fallback
 
 
 class KeepCutout(_SelectiveWindow):
@@ -134,7 +131,8 @@ class KeepRandomErasing(RandomErasing):
                  attempts: int = 10, saliency_scale: float = 1.0, generator: Optional[torch.Generator] = None):
         super().__init__(p, scale, ratio, value, attempts=attempts, generator=generator)
         self.tau = check_probability(tau, "tau")
-        self.saliency = as_source(saliency, reduce="max", scale=check_positive(saliency_scale, "saliency_scale"))
+        self.saliency = as_source(saliency, reduce="max", scale=check_positive(saliency_scale, "saliency_scale"),
+                                  generator=generator)
         self.accepts_uint8 = takes_uint8(self.saliency)
 
     def _repr_fields(self):
@@ -146,8 +144,7 @@ class KeepRandomErasing(RandomErasing):
         h, w, found = random_erasing_sizes(batch, height, width, self.scale, self.ratio, self.attempts,
                                             images.device, self.generator)
         erase = found & (_random.rand((batch,), images.device, self.generator) < self.p)
-        scores, valid = window_scores_per_image(maps, h, w)
-        picked = sample_windows(scores, quantile_threshold(scores, self.tau, valid), True, self.generator, valid)
+        picked = select_boxes(maps, h, w, self.tau, below=True, generator=self.generator)
         mask = box_masks(picked.top, picked.left, h, w, (height, width)) & erase.view(-1, 1, 1)
         self.last_stats = {"fallback": picked.fallback & erase, "saliency_kept": 1.0 - _mass_share(maps, mask),
                            "erased": erase}
@@ -160,8 +157,14 @@ class KeepCutMix(Op):
     Per image: λ ~ Beta(α, α); a window of h = round(H√(1−λ)) × w = round(W√(1−λ))
     is placed uniformly among the positions scoring below the τ-quantile of x_i's
     window scores, and filled with the same region of the partner x_{p(i)}. The label
-    weight is the area actually kept, λ_i = 1 − hw/(HW), and ỹ_i = λ_i y_i + (1 − λ_i) y_{p(i)}.
+    weight is the area actually kept, λ_i = 1 − |box|/(HW), and ỹ_i = λ_i y_i + (1 − λ_i) y_{p(i)}.
     With probability 1 − ``prob`` an image is left whole (λ_i = 1).
+
+    Box family (:func:`keepmix.regions.select_boxes`): full windows inside the image
+    by default — the fair baseline is ``CutMix(inside=True)``; ``clip=True`` uses
+    CutMix's own boxes (centred anywhere, clipped) among those of the clipped shape of
+    a uniformly drawn reference — the fair baseline is ``CutMix()``. Either way the box
+    size never depends on the map, only its position.
 
     Args:
         num_classes: K, needed for class-index targets.
@@ -171,6 +174,8 @@ class KeepCutMix(Op):
         pairing: ``"random"`` (default, a derangement), ``"greedy"`` (GuidedMixup's
             pairing on the blurred, normalised maps) or a callable.
         prob: per-image probability of mixing.
+        scale: resolution factor for gradient saliency from a model.
+        clip: CutMix-style clipped boxes instead of full windows (see above).
 
     Returns soft targets B×K float32; train with
     :func:`keepmix.losses.soft_target_cross_entropy`. ``last_stats``: ``lam``,
@@ -180,19 +185,21 @@ class KeepCutMix(Op):
     mixes_labels = True
 
     def __init__(self, num_classes: Optional[int] = None, alpha: float = 1.0, tau: float = 0.6, saliency=None, *,
-                 pairing="random", prob: float = 1.0, scale: float = 1.0,
+                 pairing="random", prob: float = 1.0, scale: float = 1.0, clip: bool = False,
                  generator: Optional[torch.Generator] = None):
         super().__init__(generator)
+        self.clip = bool(clip)
         self.num_classes = check_num_classes(num_classes)
         self.alpha = check_positive(alpha, "alpha")
         self.tau = check_probability(tau, "tau")
         self.pairing = check_pairing(pairing)
         self.prob = check_probability(prob, "prob")
-        self.saliency = as_source(saliency, reduce="max", scale=check_positive(scale, "scale"))
+        self.saliency = as_source(saliency, reduce="max", scale=check_positive(scale, "scale"), generator=generator)
         self.accepts_uint8 = takes_uint8(self.saliency)
 
     def _repr_fields(self):
-        return {"num_classes": self.num_classes, "alpha": self.alpha, "tau": self.tau, "pairing": self.pairing}
+        return {"num_classes": self.num_classes, "alpha": self.alpha, "tau": self.tau, "pairing": self.pairing,
+                "clip": self.clip}
 
     def apply(self, images, targets, saliency_maps: Optional[torch.Tensor] = None) -> Batch:
         if targets is None:
@@ -207,10 +214,9 @@ class KeepCutMix(Op):
         active = (h > 0) & (w > 0) & (_random.rand((batch,), device, self.generator) < self.prob)
         if batch < 2:
             active = torch.zeros_like(active)
-        h_safe, w_safe = h.clamp(1, height), w.clamp(1, width)
-        scores, valid = window_scores_per_image(maps, h_safe, w_safe)
-        picked = sample_windows(scores, quantile_threshold(scores, self.tau, valid), True, self.generator, valid)
-        mask = box_masks(picked.top, picked.left, h_safe, w_safe, (height, width)) & active.view(-1, 1, 1)
+        picked = select_boxes(maps, h.clamp(1, height), w.clamp(1, width), self.tau, below=True, clip=self.clip,
+                              generator=self.generator)
+        mask = box_masks(picked.top, picked.left, picked.height, picked.width, (height, width)) & active.view(-1, 1, 1)
         # greedy pairing guides with the blurred, sum-to-1 maps, as GuidedMixup does (documented above)
         guide = normalize_sum(gaussian_blur(maps, 7, 3.0)) if self.pairing == "greedy" else maps
         partner = pair(self.pairing, batch, device, guide, self.generator)

@@ -131,7 +131,7 @@ class GuidedMixup(Op):
                 raise ValueError("saliency='gradient' needs model=")
             source = as_source(model, reduce="rms")
         else:
-            source = as_source(saliency, reduce="rms")
+            source = as_source(saliency, reduce="rms", generator=generator)
         self.saliency = source
         self.pairing = check_pairing(pairing)
         if mix_prob is None:

@@ -38,8 +38,9 @@ A batch of one image is returned unmixed (λ = 1).
 
 from __future__ import annotations
 
+import difflib
 import numbers
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -51,7 +52,7 @@ from .losses import to_soft_targets
 from .mix import mix_images, mix_targets
 from .pairing import check_pairing, pair
 from .protocol import Batch, Op, restore_dtype, to_float
-from .regions import box_masks
+from .regions import box_masks, clipped_boxes
 from .saliency import (_PreservedModel, _check_bn, _model_dtype, as_source, compute_maps, gaussian_blur,
                        normalize_sum, spectral_residual)
 
@@ -65,19 +66,10 @@ def pairing_maps(maps: torch.Tensor, blur: bool = True) -> torch.Tensor:
     return normalize_sum(maps)
 
 
-def clipped_boxes(centre_y: torch.Tensor, centre_x: torch.Tensor, height: torch.Tensor, width: torch.Tensor,
-                  size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Boxes of ``height``×``width`` centred on (c_y, c_x), clipped to an H×W image.
-
-    Rows [c_y − ⌊h/2⌋, c_y − ⌊h/2⌋ + h) ∩ [0, H), likewise columns. Returns the
-    clipped ``(top, left, height, width)`` as int64 (B,) tensors (height/width may be 0).
-    """
-    rows, cols = size
-    top = (centre_y - height // 2).clamp(0, rows)
-    bottom = (centre_y - height // 2 + height).clamp(0, rows)
-    left = (centre_x - width // 2).clamp(0, cols)
-    right = (centre_x - width // 2 + width).clamp(0, cols)
-    return top, left, bottom - top, right - left
+def _uniform_below(high: torch.Tensor, device, generator) -> torch.Tensor:
+    """One integer per image, uniform on {0, …, high[b] − 1} (high ≥ 1), from one uniform draw."""
+    u = _random.rand(tuple(high.shape), device, generator, dtype=torch.float64)
+    return (u * high.double()).floor().long().clamp_max(high - 1)
 
 
 def _cut_sizes(lam: torch.Tensor, size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -182,7 +174,10 @@ class CutMix(_Mixer):
 
     Clipping makes boxes smaller on average: for α = 1 the drawn λ̂ has mean 1/2
     but the corrected λ has mean ≈ 1 − E[(c − c²/4)²] ≈ 0.68 with c = √(1 − λ̂)
-    (continuous limit; a centre uniform on the image).
+    (continuous limit; a centre uniform on the image). ``inside=True`` places the
+    whole h×w box inside the image instead (top-left corner uniform where it fits),
+    so λ = 1 − hw/(HW) exactly: the box family of :class:`keepmix.keep.KeepCutMix`
+    with its default full windows, and its fair baseline.
 
     Args:
         num_classes: K, needed for class-index targets.
@@ -190,6 +185,7 @@ class CutMix(_Mixer):
         prob: per-image mixing probability.
         pairing: ``"random"``, ``"greedy"`` or a callable.
         correct_lam: label weight from the clipped area (True) or the drawn λ̂.
+        inside: boxes wholly inside the image instead of centred anywhere and clipped.
         generator: optional ``torch.Generator``.
 
     Shapes: as :class:`Mixup`. ``last_stats``: ``lam`` (label weight used),
@@ -198,12 +194,14 @@ class CutMix(_Mixer):
     """
 
     def __init__(self, num_classes: Optional[int] = None, alpha: float = 1.0, *, prob: float = 1.0,
-                 pairing="random", correct_lam: bool = True, generator: Optional[torch.Generator] = None):
+                 pairing="random", correct_lam: bool = True, inside: bool = False,
+                 generator: Optional[torch.Generator] = None):
         super().__init__(num_classes, alpha, prob, pairing, generator)
         self.correct_lam = bool(correct_lam)
+        self.inside = bool(inside)
 
     def _repr_fields(self):
-        return {**super()._repr_fields(), "correct_lam": self.correct_lam}
+        return {**super()._repr_fields(), "correct_lam": self.correct_lam, "inside": self.inside}
 
     def apply(self, images, targets) -> Batch:
         self._require_targets(targets)
@@ -211,8 +209,12 @@ class CutMix(_Mixer):
         device = images.device
         lam_drawn = self._lam(batch, device)
         cut_h, cut_w = _cut_sizes(lam_drawn, (height, width))
-        centre_y = _random.randint(0, height, (batch,), device, self.generator)
-        centre_x = _random.randint(0, width, (batch,), device, self.generator)
+        if self.inside:  # the whole box inside: the top-left corner uniform where it fits
+            centre_y = _uniform_below(height - cut_h + 1, device, self.generator) + cut_h // 2
+            centre_x = _uniform_below(width - cut_w + 1, device, self.generator) + cut_w // 2
+        else:
+            centre_y = _random.randint(0, height, (batch,), device, self.generator)
+            centre_x = _random.randint(0, width, (batch,), device, self.generator)
         mixed = self._selected(batch, device)
         top, left, box_h, box_w = clipped_boxes(centre_y, centre_x, cut_h, cut_w, (height, width))
         box_h, box_w = box_h * mixed, box_w * mixed
@@ -258,7 +260,7 @@ class SaliencyMix(_Mixer):
     def __init__(self, num_classes: Optional[int] = None, alpha: float = 1.0, saliency="spectral", *,
                  prob: float = 1.0, pairing="random", generator: Optional[torch.Generator] = None):
         super().__init__(num_classes, alpha, prob, pairing, generator)
-        self.saliency = as_source(saliency, reduce="max")
+        self.saliency = as_source(saliency, reduce="max", generator=generator)
 
     def _repr_fields(self):
         return {**super()._repr_fields(), "saliency": self.saliency}
@@ -549,9 +551,14 @@ class AttentiveCutMix(_Mixer):
 class ManifoldMixup(_Mixer):
     """Manifold Mixup (Verma et al., ICML 2019): mix the hidden representation at a random layer.
 
-    Layers are numbered as in :meth:`keepmix.models.ClassifierModel.hidden_blocks`:
-    0 is the input, k ≥ 1 the output of ``hidden_blocks()[k − 1]``. Per call one
-    layer k is drawn uniformly from ``layers`` (one per batch: all images must mix
+    A layer is named (``"input"``, or any module of the model by its
+    ``named_modules()`` name, e.g. ``"stages.0"``: that module's output) or
+    numbered as in :meth:`keepmix.models.ClassifierModel.hidden_blocks`: 0 is the
+    input, k ≥ 1 the output of ``hidden_blocks()[k − 1]`` — for the keepmix ResNets
+    1 is the *stem*, 2 the first stage, 3 the second. The paper's setting (mix at the
+    input, after the first and after the second residual stage) is therefore
+    ``layers=("input", "stages.0", "stages.1")`` = ``(0, 2, 3)``. Per call one
+    layer is drawn uniformly from ``layers`` (one per batch: all images must mix
     at the same depth so that partners are mixed representations of the same
     layer), a λ_i ~ Beta(α, α) per image (1 where not selected) and a pairing; then
 
@@ -562,7 +569,7 @@ class ManifoldMixup(_Mixer):
     block. The next forward of ``model`` mixes that block's output and removes the
     hook, so call the op, then call ``model(images)`` exactly once::
 
-        manifold = ManifoldMixup(model, num_classes=10, alpha=2.0, layers=(0, 1, 2))
+        manifold = ManifoldMixup(model, num_classes=10, alpha=2.0, layers=("input", "stages.0", "stages.1"))
         x, y_soft = manifold(x, y)          # k = 0: x is mixed here; k ≥ 1: hook armed
         loss = soft_target_cross_entropy(model(x), y_soft)
 
@@ -576,14 +583,14 @@ class ManifoldMixup(_Mixer):
 
     **Supported models**: any ``nn.Module`` with ``hidden_blocks()`` returning its
     blocks in forward order whose outputs are tensors with the batch first — every
-    keepmix model (``keepmix.models``); for others pass ``blocks=``. Layer 1 of the
-    keepmix CIFAR ResNets is the stem output, 2… the stages.
+    keepmix model (``keepmix.models``); for others pass ``blocks=`` or name modules.
 
     Args:
         model: the classifier being trained.
         num_classes: K, needed for class-index targets.
         alpha: Beta parameter (2.0, the paper's setting).
-        layers: eligible layers ((0, 1, 2): input, first and second block).
+        layers: eligible layers, ints or names (default ``(0, 2, 3)``: the input and the
+            outputs of the first and second stage of a keepmix ResNet, as the paper).
         prob: per-image mixing probability.
         pairing: ``"random"``, ``"greedy"`` (on spectral maps of the input) or a callable.
         blocks: override for ``model.hidden_blocks()``.
@@ -591,13 +598,13 @@ class ManifoldMixup(_Mixer):
             back to the host per call (none when the generator is on the CPU).
 
     Shapes: images float B×C×H×W → (B×C×H×W, B×K float32). ``last_stats``:
-    ``lam``, ``layer`` (int64 scalar), ``partner``, ``mixed``.
+    ``lam``, ``layer`` (int64 scalar: the position in ``layers`` drawn), ``partner``, ``mixed``.
     """
 
     accepts_uint8 = False
 
     def __init__(self, model: nn.Module, num_classes: Optional[int] = None, alpha: float = 2.0,
-                 layers: Sequence[int] = (0, 1, 2), *, prob: float = 1.0, pairing="random",
+                 layers: Sequence[Union[int, str]] = (0, 2, 3), *, prob: float = 1.0, pairing="random",
                  blocks: Optional[Sequence[nn.Module]] = None, generator: Optional[torch.Generator] = None):
         super().__init__(num_classes, alpha, prob, pairing, generator)
         if not isinstance(model, nn.Module):
@@ -612,16 +619,35 @@ class ManifoldMixup(_Mixer):
         if not all(isinstance(b, nn.Module) for b in blocks):
             raise TypeError("blocks must be nn.Modules")
         self.blocks: List[nn.Module] = blocks
+        if isinstance(layers, (str, numbers.Integral)):
+            layers = (layers,)
         try:
             layers = tuple(layers)
         except TypeError:
-            raise TypeError(f"layers must be a sequence of ints, got {layers!r}") from None
-        if not layers or any(isinstance(k, bool) or not isinstance(k, numbers.Integral) for k in layers):
-            raise TypeError(f"layers must be a non-empty sequence of ints, got {layers!r}")
-        if len(set(layers)) != len(layers) or not all(0 <= k <= len(blocks) for k in layers):
-            raise ValueError(f"layers must be distinct ints in [0, {len(blocks)}] (0 = input, k = output of "
-                             f"block k), got {layers!r}")
-        self.layers = tuple(int(k) for k in layers)
+            raise TypeError(f"layers must be a sequence of ints or module names, got {layers!r}") from None
+        if not layers or any(isinstance(k, bool) or not isinstance(k, (numbers.Integral, str)) for k in layers):
+            raise TypeError(f"layers must be a non-empty sequence of ints or module names, got {layers!r}")
+        named = dict(model.named_modules())
+        targets: List[Optional[nn.Module]] = []
+        for k in layers:
+            if isinstance(k, str):
+                if k == "input":
+                    targets.append(None)
+                elif k in named and k != "":
+                    targets.append(named[k])
+                else:
+                    hint = difflib.get_close_matches(k, [n for n in named if n], n=3)
+                    raise ValueError(f"layers: {k!r} is not 'input' nor a module of the model"
+                                     + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else ""))
+            elif 0 <= k <= len(blocks):
+                targets.append(None if k == 0 else blocks[k - 1])
+            else:
+                raise ValueError(f"layers: {k!r} is out of range; ints lie in [0, {len(blocks)}] (0 = input, "
+                                 f"k = output of hidden_blocks()[k − 1]), or name a module ('input', 'stages.0')")
+        if len({id(t) for t in targets}) != len(targets):
+            raise ValueError(f"layers must name distinct places, got {layers!r}")
+        self.layers = tuple(k if isinstance(k, str) else int(k) for k in layers)
+        self._targets = targets
         self._handle = None
 
     def _repr_fields(self):
@@ -658,16 +684,16 @@ class ManifoldMixup(_Mixer):
         self._require_targets(targets)
         batch, device = images.shape[0], images.device
         origin = "cpu" if self.generator is None else self.generator.device  # the layer choice is read on the host
-        layer = _random.randint(0, len(self.layers), (1,), origin, self.generator)
-        k = self.layers[int(layer)]
+        layer = int(_random.randint(0, len(self.layers), (1,), origin, self.generator))
+        block = self._targets[layer]
         lam = self._lam(batch, device)
         mixed = self._selected(batch, device)
         lam = torch.where(mixed, lam, torch.ones_like(lam))
         partner = self._partner(images)
-        self.last_stats = {"lam": lam, "layer": torch.tensor(k), "partner": partner, "mixed": mixed}
+        self.last_stats = {"lam": lam, "layer": torch.tensor(layer), "partner": partner, "mixed": mixed}
         soft = mix_targets(targets, partner, lam, self.num_classes)
-        if k == 0:
+        if block is None:
             return mix_images(images, partner, lam), soft
         if batch >= 2:
-            self._arm(self.blocks[k - 1], partner, lam)
+            self._arm(block, partner, lam)
         return images, soft

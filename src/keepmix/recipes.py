@@ -36,6 +36,7 @@ import difflib
 import importlib
 import importlib.util
 import inspect
+import warnings
 import os
 import re
 import typing
@@ -725,9 +726,11 @@ def build_op(spec: Dict[str, Any], ctx: BuildContext, path: str = "ops[0]"):
 def build_frozen_model(spec: Dict[str, Any], ctx: BuildContext, path: str) -> nn.Module:
     """A frozen auxiliary network (Attentive CutMix's teacher) from ``{model, num_classes, kwargs, pretrained}``.
 
-    ``num_classes`` defaults to the run's; ``pretrained`` is a local state_dict path (strongly
-    advised: an untrained teacher attends at random). The network is put in eval mode with
-    ``requires_grad`` off, on the run's device.
+    ``num_classes`` defaults to the run's; ``pretrained`` is a local state_dict path, and is
+    required: an untrained teacher attends at random, so a missing or null ``pretrained`` is a
+    ValueError naming the field. ``pretrained: untrained`` builds the random network anyway, with
+    a warning (for smoke tests). The network is put in eval mode with ``requires_grad`` off, on
+    the run's device.
     """
     unknown = set(spec) - {"model", "num_classes", "kwargs", "pretrained"}
     if unknown:
@@ -737,9 +740,17 @@ def build_frozen_model(spec: Dict[str, Any], ctx: BuildContext, path: str) -> nn
     num_classes = spec.get("num_classes", ctx.num_classes)
     if num_classes is None:
         raise ValueError(f"{path}: num_classes is needed to build {spec['model']!r}")
+    pretrained = spec.get("pretrained")
+    if not pretrained:
+        raise ValueError(f"{path}.pretrained: a frozen {spec['model']!r} needs trained weights (a local "
+                         "state_dict path); an untrained network attends at random. Write "
+                         "'pretrained: untrained' to use one anyway")
     network = build_model(spec["model"], num_classes, **(spec.get("kwargs") or {}))
-    if spec.get("pretrained"):
-        load_pretrained(network, spec["pretrained"])
+    if pretrained == "untrained":
+        warnings.warn(f"{path}: the frozen {spec['model']!r} is untrained (pretrained: untrained); "
+                      "its attention carries no information", UserWarning, stacklevel=2)
+    else:
+        load_pretrained(network, pretrained)
     network.eval().requires_grad_(False)
     return network.to(ctx.device)
 

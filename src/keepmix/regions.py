@@ -16,6 +16,8 @@ at once:
   as ``torch.quantile``; τ=0 is the minimum, τ=1 the maximum).
 * :func:`sample_windows` — one window per image, uniform among the qualifying
   ones: the exact distribution of the paper's rejection loop, with no loop.
+* :func:`select_boxes` — the selective cut/paste of one box per image, with full
+  windows or Cutout-style clipped boxes, in a family fair to the baseline's.
 * :func:`box_masks` — boolean B×H×W masks of per-image boxes.
 """
 
@@ -81,21 +83,26 @@ def window_scores_per_image(saliency: torch.Tensor, heights: torch.Tensor, width
     widths = widths.to(saliency.device).long().view(batch, 1, 1)
     if bool(((heights < 1) | (heights > height) | (widths < 1) | (widths > width)).any()):
         raise ValueError(f"heights and widths (window sizes) must lie in [1, {height}]×[1, {width}]")
-    ii = integral_image(saliency)
     top = torch.arange(height, device=saliency.device).view(1, height, 1)
     left = torch.arange(width, device=saliency.device).view(1, 1, width)
     valid = (top <= height - heights) & (left <= width - widths)
-    bottom = (top + heights).clamp(max=height)
-    right = (left + widths).clamp(max=width)
+    scores = _box_sums(integral_image(saliency), top, left, (top + heights).clamp(max=height),
+                       (left + widths).clamp(max=width))
+    return torch.where(valid, scores, torch.zeros_like(scores)), valid
+
+
+def _box_sums(ii: torch.Tensor, top, left, bottom, right) -> torch.Tensor:
+    """Σ over rows [top, bottom) × cols [left, right) from a zero-padded integral image
+    B×(H+1)×(W+1); the bounds broadcast to B×H×W (one box per grid cell). Returns float32."""
+    batch, rows, cols = ii.shape[0], ii.shape[1] - 1, ii.shape[2] - 1
     flat = ii.flatten(1)
-    stride = width + 1
+    stride = cols + 1
 
     def corner(r, c):
-        return flat.gather(1, (r * stride + c).expand(batch, height, width).reshape(batch, -1)).view(batch, height,
-                                                                                                     width)
+        index = (r * stride + c).expand(batch, rows, cols).reshape(batch, -1)
+        return flat.gather(1, index).view(batch, rows, cols)
 
-    scores = corner(bottom, right) - corner(top, right) - corner(bottom, left) + corner(top, left)
-    return torch.where(valid, scores, torch.zeros_like(scores)).float(), valid
+    return (corner(bottom, right) - corner(top, right) - corner(bottom, left) + corner(top, left)).float()
 
 
 def quantile_threshold(scores: torch.Tensor, tau: float, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -203,6 +210,134 @@ def box_masks(top: torch.Tensor, left: torch.Tensor, height: Union[int, torch.Te
     in_rows = (r >= top) & (r < top + height)
     in_cols = (c >= left) & (c < left + width)
     return in_rows.unsqueeze(2) & in_cols.unsqueeze(1)
+
+
+def clipped_boxes(centre_y: torch.Tensor, centre_x: torch.Tensor, height, width, size: Tuple[int, int]
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cutout/CutMix boxes: ``height``×``width`` centred on (c_y, c_x), clipped to an H×W image.
+
+    Rows [c_y − ⌊h/2⌋, c_y − ⌊h/2⌋ + h) ∩ [0, H), likewise columns. ``height`` and
+    ``width`` are ints or tensors broadcastable to the centres. Returns the clipped
+    ``(top, left, height, width)`` as int64 tensors of the centres' shape (sides may be 0).
+    """
+    rows, cols = size
+    top = (centre_y - height // 2).clamp(0, rows)
+    bottom = (centre_y - height // 2 + height).clamp(0, rows)
+    left = (centre_x - width // 2).clamp(0, cols)
+    right = (centre_x - width // 2 + width).clamp(0, cols)
+    return top, left, bottom - top, right - left
+
+
+def clipped_box_scores(saliency: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
+    """Summed saliency of Cutout-style boxes centred on every pixel, one box size per image.
+
+    ``scores[b, y, x]`` = Σ saliency[b] over :func:`clipped_boxes` ``(y, x, heights[b], widths[b])``.
+
+    Args:
+        saliency: B×H×W maps.
+        heights, widths: (B,) int64 box sides ≥ 1 (may exceed the image).
+
+    Returns:
+        float32 B×H×W.
+    """
+    check_maps(saliency, "saliency")
+    batch, height, width = saliency.shape
+    h = heights.to(saliency.device).long().view(batch, 1, 1)
+    w = widths.to(saliency.device).long().view(batch, 1, 1)
+    cy = torch.arange(height, device=saliency.device).view(1, height, 1)
+    cx = torch.arange(width, device=saliency.device).view(1, 1, width)
+    top, left, box_h, box_w = clipped_boxes(cy, cx, h, w, (height, width))
+    return _box_sums(integral_image(saliency), top, left, top + box_h, left + box_w)
+
+
+def same_clipped_shape(centre_y: torch.Tensor, centre_x: torch.Tensor, heights: torch.Tensor,
+                       widths: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """B×H×W bool: the centres whose clipped box has the same height and width as image b's box at
+    (centre_y[b], centre_x[b]) — the candidates of a fair selective cut with Cutout-style boxes.
+
+    A clipped box's height depends on its centre row only and its width on its
+    centre column only, so the mask is an outer product of a row and a column mask.
+    """
+    rows, cols = size
+    device = centre_y.device
+    h = heights.long().view(-1, 1)
+    w = widths.long().view(-1, 1)
+    cy = torch.arange(rows, device=device).view(1, -1)
+    cx = torch.arange(cols, device=device).view(1, -1)
+    _, _, grid_h, _ = clipped_boxes(cy, cx.new_zeros(()), h, w, size)
+    _, _, _, grid_w = clipped_boxes(cy.new_zeros(()), cx, h, w, size)
+    _, _, ref_h, ref_w = clipped_boxes(centre_y.view(-1, 1), centre_x.view(-1, 1), h, w, size)
+    return (grid_h == ref_h).unsqueeze(2) & (grid_w == ref_w).unsqueeze(1)
+
+
+class BoxSample(NamedTuple):
+    """Selected boxes: ``top``, ``left``, ``height``, ``width`` (B,) int64 (already clipped to the
+    image) and ``fallback`` (B,) bool, as in :class:`WindowSample`."""
+    top: torch.Tensor
+    left: torch.Tensor
+    height: torch.Tensor
+    width: torch.Tensor
+    fallback: torch.Tensor
+
+
+def select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], widths: Union[int, torch.Tensor],
+                 tau: float, *,
+                 below: bool = True, clip: bool = False, generator: Optional[torch.Generator] = None) -> BoxSample:
+    """KeepAugment's selective cut (``below=True``) or paste, one box per image, in a fair box family.
+
+    Image b's box has the size ``heights[b]``×``widths[b]``; only its *position* is
+    chosen by saliency. The candidates are
+
+    * ``clip=False`` — every full window inside the image (the paper's candidates;
+      the baseline is a box placed uniformly inside, e.g. ``Cutout(inside=True)``);
+    * ``clip=True`` — Cutout/CutMix's boxes: centred on any pixel and clipped. A
+      reference centre is drawn uniformly, as Cutout does; the candidates are the
+      centres whose clipped box has the *same* clipped height and width as the
+      reference box (:func:`same_clipped_shape`).
+
+    Among the candidates the box is drawn uniformly from those whose summed
+    saliency (KeepAugment's Eq. 1) lies strictly below (above) the τ-quantile
+    of the candidates' scores (:func:`quantile_threshold`, :func:`sample_windows`).
+
+    Fairness: the erased shape never depends on the map, so with an
+    information-free map (constant: every candidate ties, so the draw is uniform
+    among them) the op erases exactly its baseline's box distribution — a clipped
+    box is not preferred because it is small. Draws: (clip) two uniform integers,
+    then one uniform per image.
+
+    Args:
+        saliency: B×H×W maps (any positive scale; only order within an image matters).
+        heights, widths: (B,) int64 sides ≥ 1 (≤ H, W unless ``clip``), or ints (one size for all).
+        tau: quantile in [0, 1].
+
+    Returns:
+        :class:`BoxSample`.
+    """
+    check_maps(saliency, "saliency")
+    batch, height, width = saliency.shape
+    if not clip and isinstance(heights, int) and isinstance(widths, int):  # one size: plain window sums
+        if heights > height or widths > width:
+            raise ValueError(f"size ({heights}, {widths}) must fit inside the {height}×{width} maps "
+                             f"(or use clip=True)")
+        scores = window_scores(saliency, (heights, widths))
+        picked = sample_windows(scores, quantile_threshold(scores, tau), below, generator)
+        return BoxSample(picked.top, picked.left, torch.full_like(picked.top, heights),
+                         torch.full_like(picked.top, widths), picked.fallback)
+    heights = torch.as_tensor(heights, device=saliency.device).long().expand(batch)
+    widths = torch.as_tensor(widths, device=saliency.device).long().expand(batch)
+    if clip:
+        ref_y = _random.randint(0, height, (batch,), saliency.device, generator)
+        ref_x = _random.randint(0, width, (batch,), saliency.device, generator)
+        scores = clipped_box_scores(saliency, heights, widths)
+        valid = same_clipped_shape(ref_y, ref_x, heights, widths, (height, width))
+    else:
+        scores, valid = window_scores_per_image(saliency, heights, widths)
+    picked = sample_windows(scores, quantile_threshold(scores, tau, valid), below, generator, valid)
+    if clip:
+        top, left, box_h, box_w = clipped_boxes(picked.top, picked.left, heights, widths, (height, width))
+    else:
+        top, left, box_h, box_w = picked.top, picked.left, heights, widths
+    return BoxSample(top, left, box_h, box_w, picked.fallback)
 
 
 def centred_window_scores(saliency: torch.Tensor, size: SizeLike) -> torch.Tensor:

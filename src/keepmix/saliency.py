@@ -41,7 +41,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ._checks import check_images, check_maps, check_positive, check_targets, input_checks_enabled
+from . import _random
+from ._checks import check_generator, check_images, check_maps, check_positive, check_targets, input_checks_enabled
+from .convert import check_mean_std, normalize_images
 
 SaliencySource = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
@@ -104,30 +106,43 @@ def _model_dtype(model: nn.Module, fallback: torch.dtype) -> torch.dtype:
     return fallback
 
 
-def _objective(logits: torch.Tensor, targets: Optional[torch.Tensor], reduce: str) -> torch.Tensor:
-    """The scalar whose input gradient is the saliency.
+def _logit_seed(logits: torch.Tensor, targets: Optional[torch.Tensor], reduce: str
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """∂objective/∂logits, factored as ``seed · scale`` with max_k |seed_bk| = 1 (float32).
 
-    ``max``: Σ_b ℓ_{b, y_b} (label logit; soft targets weight the logits).
-    ``rms``: Σ_b CE(logits_b, y_b). Summing over the batch keeps each image's
-    gradient its own (eval-mode passes do not couple samples).
-    ``targets=None`` uses the predicted class (the max logit), for unlabeled data.
+    The objective is, per image, ``max``: the label logit ℓ_y (soft targets weight the
+    logits: Σ_k t_k ℓ_k); ``rms``: the cross-entropy CE(ℓ, y) (soft: −Σ_k t_k log p_k).
+    ``targets=None`` uses the predicted class. Backpropagating the unit-scale seed and
+    multiplying the input gradient by ``scale`` afterwards (in float32) gives the same
+    gradient without underflow in a float16/bfloat16 backward (eval-mode passes keep
+    images independent, so each image gets its own scale): a confident image's CE
+    gradient p − e_y is ~1e-6 and vanishes in half precision. For hard labels the
+    CE seed is exact in any margin: (p − e_y)/(1 − p_y) is the softmax over the other
+    classes at k ≠ y and −1 at y, and log(1 − p_y) = logsumexp_{k≠y} ℓ_k − logsumexp_k ℓ_k.
     """
-    logits = logits.float()
+    logits = logits.detach().float()
+    batch, classes = logits.shape
     if targets is None:
-        targets = logits.detach().argmax(dim=1)
+        targets = logits.argmax(dim=1)
     if targets.ndim == 2:
-        if targets.shape[1] != logits.shape[1]:
-            raise ValueError(f"targets has {targets.shape[1]} classes but the model outputs {logits.shape[1]}")
-        soft = targets.to(logits.dtype)
-        if reduce == "max":
-            return (logits * soft).sum()
-        return -(soft * F.log_softmax(logits, dim=1)).sum()
+        if targets.shape[1] != classes:
+            raise ValueError(f"targets has {targets.shape[1]} classes but the model outputs {classes}")
+        soft = targets.detach().float()
+        grad = soft if reduce == "max" else soft.sum(dim=1, keepdim=True) * logits.softmax(dim=1) - soft
+        scale = grad.abs().amax(dim=1)
+        return grad / scale.clamp_min(torch.finfo(torch.float32).tiny).view(-1, 1), scale
     # the range check reads a value back (a sync), so it runs with the input-checks switch
-    if input_checks_enabled() and bool(((targets < 0) | (targets >= logits.shape[1])).any()):
-        raise ValueError(f"targets must be class indices in [0, {logits.shape[1]})")
+    if input_checks_enabled() and bool(((targets < 0) | (targets >= classes)).any()):
+        raise ValueError(f"targets must be class indices in [0, {classes})")
+    label = F.one_hot(targets.detach().long(), classes).bool()
     if reduce == "max":
-        return logits.gather(1, targets.long().view(-1, 1)).sum()
-    return F.cross_entropy(logits, targets.long(), reduction="sum")
+        return label.float(), torch.ones(batch, device=logits.device)
+    if classes == 1:
+        return torch.zeros_like(logits), torch.zeros(batch, device=logits.device)
+    others = logits.masked_fill(label, float("-inf"))
+    log_others = others.logsumexp(dim=1)
+    seed = torch.where(label, torch.full_like(logits, -1.0), (others - log_others.view(-1, 1)).exp())
+    return seed, (log_others - logits.logsumexp(dim=1)).exp()
 
 
 def _reduce_channels(grad: torch.Tensor, reduce: str) -> torch.Tensor:
@@ -199,16 +214,28 @@ def _input_gradient_maps(forward, modules, images, targets, reduce: str, scale: 
     bn = _check_bn(bn)
     scale = _check_scale(scale)
     height, width = images.shape[-2:]
-    x = _downsample(images.detach(), scale) if scale < 1 else images.detach()
-    x = x.to(_model_dtype(modules[0], x.dtype)).requires_grad_(True)
-    with contextlib.ExitStack() as stack, torch.enable_grad():
+    # Outside any caller's inference mode and autocast: images made under
+    # torch.inference_mode() are cloned into ordinary tensors, and the pass runs in
+    # the model's own precision, so maps do not depend on the caller's context.
+    with torch.inference_mode(False), torch.autocast(images.device.type, enabled=False), \
+            contextlib.ExitStack() as stack, torch.enable_grad():
+        x = images.detach()
+        x = x.clone() if x.is_inference() else x
+        x = _downsample(x, scale) if scale < 1 else x
+        x = x.to(_model_dtype(modules[0], x.dtype)).requires_grad_(True)
         for module in modules:
             stack.enter_context(_PreservedModel(module, bn))
         logits = forward(x)
         if logits.ndim != 2 or logits.shape[0] != images.shape[0]:
             raise ValueError(f"model must return logits of shape B×K, got {tuple(logits.shape)}")
-        (grad,) = torch.autograd.grad(_objective(logits, targets, reduce), x)
-    return _resize_maps(_reduce_channels(grad.float(), reduce), (height, width))
+        seed, seed_scale = _logit_seed(logits, targets, reduce)
+        if bn == "train":  # batch statistics couple the images: one scale for the whole batch
+            batch_scale = seed_scale.amax()
+            seed = seed * (seed_scale / batch_scale.clamp_min(torch.finfo(torch.float32).tiny)).view(-1, 1)
+            seed_scale = batch_scale.expand_as(seed_scale)
+        (grad,) = torch.autograd.grad(logits, x, grad_outputs=seed.to(logits.dtype))
+    maps = _reduce_channels(grad.float(), reduce) * seed_scale.view(-1, 1, 1)
+    return _resize_maps(maps, (height, width))
 
 
 # --------------------------------------------------------------------------- spectral residual
@@ -304,16 +331,28 @@ def gaussian_blur(maps: torch.Tensor, kernel_size: int = 7, sigma: float = 3.0) 
 
 
 def normalize_sum(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Sum-to-1 normalisation: (s + ε) / Σ (s + ε) per map, after clamping s ≥ 0.
+    """Sum-to-1 normalisation, scale-free: ŝ = s / max s, then (ŝ + ε) / Σ (ŝ + ε) per map.
 
-    ε (default 1e-12) is added to every pixel so that every map sums to exactly 1
-    and is strictly positive: an all-zero (flat) map becomes uniform 1/(HW), and
-    the guided mask s_i / (s_i + s_j) is never 0/0. For maps of real images ε is
-    far below float32 resolution of the values and changes nothing.
+    s is clamped ≥ 0 first. Dividing by the map's maximum makes the result
+    independent of the map's scale: ``normalize_sum(c·s) == normalize_sum(s)`` up
+    to rounding for every c > 0 over the finite float range (Guided-AP maps of
+    confident images are ~1e-6 or smaller, and must not flatten into uniform ones).
+    ε (default 1e-12, relative to the maximum) is then added to every pixel so that
+    every map sums to exactly 1 and is strictly positive: an all-zero (flat) map
+    becomes uniform 1/(HW), and the guided mask s_i / (s_i + s_j) is never 0/0.
+
+    Args:
+        maps: B×H×W float maps.
+        eps: ε > 0, relative to each map's maximum.
+
+    Returns:
+        float32 B×H×W, each map summing to 1.
     """
     check_maps(maps, "maps")
     eps = check_positive(eps, "eps")
-    s = maps.float().clamp_min(0) + eps
+    s = maps.clamp_min(0)  # in the maps' own dtype: float64 maps of 1e-300 stay representable
+    peak = s.amax(dim=(1, 2), keepdim=True)
+    s = (s / torch.where(peak > 0, peak, torch.ones_like(peak))).float() + eps
     return s / s.sum(dim=(1, 2), keepdim=True)
 
 
@@ -506,6 +545,27 @@ class SpectralSaliency:
         return "SpectralSaliency()"
 
 
+class RandomSaliency:
+    """Null-control saliency source: i.i.d. U(0, 1) maps B×H×W that carry no information.
+
+    Feed it to any saliency op (``KeepCutout(16, saliency="random")``) to measure what
+    the op gains from the *mechanism* alone; a gain of the real op over its baseline
+    counts as the saliency's only where this control does no better than the
+    baseline. Draws from ``generator`` (or torch's global generator), on the
+    images' device; targets are ignored, uint8 images accepted.
+    """
+
+    def __init__(self, generator: Optional[torch.Generator] = None):
+        self.generator = check_generator(generator)
+
+    def __call__(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+        batch, _, height, width = images.shape
+        return _random.rand((batch, height, width), images.device, self.generator)
+
+    def __repr__(self) -> str:
+        return "RandomSaliency()"
+
+
 class NormalizedInput:
     """Wrap a saliency source so it sees normalised images: ((x / 255 if uint8) − mean) / std.
 
@@ -519,14 +579,11 @@ class NormalizedInput:
         self.source = as_source(source, reduce=reduce, scale=scale)
         if self.source is None:
             raise ValueError("source must be a saliency source, not None")
-        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        if bool((self.std <= 0).any()):
-            raise ValueError("std must be positive")
+        self.mean, self.std = check_mean_std(mean, std)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+        """:func:`keepmix.convert.normalize_images` (ValueError on a channel-count mismatch)."""
+        return normalize_images(images, self.mean, self.std)
 
     def __call__(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.source(self.normalize(images), targets)
@@ -535,28 +592,33 @@ class NormalizedInput:
         return f"NormalizedInput({self.source!r})"
 
 
-def as_source(saliency, *, reduce: str = "max", scale: float = 1.0) -> Optional[SaliencySource]:
+def as_source(saliency, *, reduce: str = "max", scale: float = 1.0,
+              generator: Optional[torch.Generator] = None) -> Optional[SaliencySource]:
     """Turn what an op was given into a source callable.
 
     ``None`` → no source (maps must be passed at call time); ``"spectral"`` →
-    :class:`SpectralSaliency`; an ``nn.Module`` → :class:`GradientSaliency` of it
+    :class:`SpectralSaliency`; ``"random"`` → :class:`RandomSaliency` drawing from
+    ``generator`` (the op's); an ``nn.Module`` → :class:`GradientSaliency` of it
     with ``reduce``/``scale``; an :class:`EarlyHead` → :class:`EarlyHeadSaliency`;
     any other callable ``(images, targets) -> maps`` is used as is.
     """
     if saliency is None or isinstance(saliency, (GradientSaliency, SpectralSaliency, EarlyHeadSaliency,
-                                                NormalizedInput)):
+                                                NormalizedInput, RandomSaliency)):
         return saliency
     if isinstance(saliency, str):
         if saliency in ("spectral", "sr"):
             return SpectralSaliency()
-        raise ValueError(f"saliency given as a string must be 'spectral', got {saliency!r}")
+        if saliency == "random":
+            return RandomSaliency(generator)
+        raise ValueError(f"saliency given as a string must be 'spectral' or 'random' (the null control), "
+                         f"got {saliency!r}")
     if isinstance(saliency, EarlyHead):
         return EarlyHeadSaliency(saliency, reduce=reduce, scale=scale)
     if isinstance(saliency, nn.Module):
         return GradientSaliency(saliency, reduce=reduce, scale=scale)
     if callable(saliency):
         return saliency
-    raise TypeError("saliency must be None, 'spectral', an nn.Module, an EarlyHead or a callable "
+    raise TypeError("saliency must be None, 'spectral', 'random', an nn.Module, an EarlyHead or a callable "
                     f"(images, targets) -> B×H×W maps, got {type(saliency).__name__}")
 
 
