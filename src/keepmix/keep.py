@@ -42,7 +42,7 @@ import torch
 
 from . import _random
 from ._checks import SizeLike, check_num_classes, check_positive, check_probability, check_size
-from .erase import RandomErasing, check_fill_value, erase_masked, random_erasing_sizes
+from .erase import RandomErasing, check_fill_channels, check_fill_value, erase_masked, random_erasing_sizes
 from .mix import mix_targets
 from .pairing import check_pairing, pair
 from .protocol import Batch, Op, restore_dtype, to_float
@@ -107,6 +107,7 @@ class KeepCutout(_SelectiveWindow):
         return {"size": self.size, "tau": self.tau, "p": self.p, "clip": self.clip, "saliency": self.saliency}
 
     def apply(self, images, targets, saliency_maps: Optional[torch.Tensor] = None) -> Batch:
+        check_fill_channels(self.value, images.shape[1])  # before the saliency pass is spent
         mask, maps, fallback = self._window(images, targets, saliency_maps, below=True)
         if self.p < 1:
             mask = mask & (_random.rand((images.shape[0],), images.device, self.generator) < self.p).view(-1, 1, 1)
@@ -139,6 +140,7 @@ class KeepRandomErasing(RandomErasing):
         return {**super()._repr_fields(), "tau": self.tau, "saliency": self.saliency}
 
     def apply(self, images, targets, saliency_maps: Optional[torch.Tensor] = None) -> Batch:
+        check_fill_channels(self.value, images.shape[1])  # before the saliency pass is spent
         maps = compute_maps(self.saliency, images, targets, saliency_maps, type(self).__name__)
         batch, height, width = maps.shape
         h, w, found = random_erasing_sizes(batch, height, width, self.scale, self.ratio, self.attempts,

@@ -31,7 +31,9 @@ Batch = Tuple[torch.Tensor, Optional[torch.Tensor]]
 class Op(abc.ABC):
     """Base class of keepmix ops: argument plumbing, generator, stats and repr.
 
-    Subclasses implement :meth:`apply` with validated inputs.
+    Subclasses implement :meth:`apply` with validated inputs. A call runs with autocast
+    disabled, so an op's result does not depend on the caller's ``torch.autocast`` (saliency
+    passes, blurs and distances stay in the batch's dtype).
     """
 
     #: whether the op mixes labels (returns soft targets)
@@ -47,7 +49,9 @@ class Op(abc.ABC):
         check_images(images, allow_uint8=self.accepts_uint8)
         if targets is not None:
             check_targets(targets, images.shape[0])
-        return self.apply(images, targets, **kwargs)
+        # the op's maths in the batch's own dtype, whatever autocast the caller runs under
+        with torch.autocast(images.device.type, enabled=False):
+            return self.apply(images, targets, **kwargs)
 
     @abc.abstractmethod
     def apply(self, images: torch.Tensor, targets: Optional[torch.Tensor], **kwargs) -> Batch:
