@@ -378,3 +378,29 @@ def test_paper_recipes_carry_the_papers_settings():
     assert (f.optim.epochs, f.optim.lr, f.optim.milestones, f.optim.batch_size, f.data.image_size) == \
         (300, 0.01, [150, 225], 16, 224)
     assert load_recipe("guidedmixup/t6_scarcity_wrn28_10_20pct").data.fraction == 0.2
+
+
+def test_guidedmixup_table4_recipe_has_vanilla_and_augmix_with_its_jsd_loss():
+    """Table 4 follows PuzzleMix's WRN-28-10 protocol, has a Vanilla arm, and AugMix trains with its
+    Jensen–Shannon consistency loss (the "(Aug)" arms feed AugMix images to GuidedMixup)."""
+    config = load_recipe("guidedmixup/t4_augmix_cifar100_preact_resnet18")
+    arms = dict(expand_arms(config))
+    assert list(arms) == ["vanilla", "augmix", "guided_sr", "guided_sr_aug", "guided_ap", "guided_ap_aug"]
+    assert arms["vanilla"].ops == []
+    assert arms["augmix"].jsd_weight == 12.0 and arms["augmix"].ops[0]["name"] == "aug_mix"
+    assert all(arms[a].jsd_weight == 0.0 for a in arms if a != "augmix")
+    assert [op["name"] for op in arms["guided_ap_aug"].ops] == ["aug_mix", "guided_ap"]
+    optim = arms["vanilla"].optim
+    assert arms["vanilla"].model.name == "wrn28_10"
+    assert (optim.epochs, optim.lr, list(optim.milestones), optim.weight_decay) == (400, 0.2, [200, 300], 1e-4)
+
+
+def test_manifold_mixup_recipes_mix_at_the_papers_places():
+    from keepmix.models import build_model
+    for name in ("guidedmixup/t1_cifar100_preact_resnet18", "guidedmixup/t6_scarcity_wrn28_10_10pct"):
+        arms = dict(expand_arms(load_recipe(name)))
+        spec = arms["manifold_mixup"].ops[0]
+        assert spec["layers"] == ["input", "stages.0", "stages.1"]
+        model = build_model(arms["manifold_mixup"].model.name, 10) if "preact" in name else build_model("resnet_small", 10)
+        op = build_op(spec, _ctx(model, num_classes=10))
+        assert op._targets == [None, model.stages[0], model.stages[1]]
