@@ -341,14 +341,13 @@ def select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], widt
 
 
 def centred_window_scores(saliency: torch.Tensor, size: SizeLike) -> torch.Tensor:
-    """Scores of Cutout-style boxes: an h×w box centred on every pixel, clipped to the image.
+    """Scores of Cutout-style boxes of one size: :func:`clipped_box_scores` with h×w for every image.
 
     ``scores[b, y, x]`` sums saliency over rows [y − h//2, y − h//2 + h) ∩ [0, H)
-    and cols [x − w//2, x − w//2 + w) ∩ [0, W): the zero-padded map's full windows.
-
-    Returns float32 B×H×W.
+    and cols [x − w//2, x − w//2 + w) ∩ [0, W). Returns float32 B×H×W.
     """
     check_maps(saliency, "saliency")
     h, w = check_size(size)
-    padded = F.pad(saliency, (w // 2, w - 1 - w // 2, h // 2, h - 1 - h // 2))
-    return window_scores(padded, (h, w))
+    batch = saliency.shape[0]
+    return clipped_box_scores(saliency, torch.full((batch,), h, device=saliency.device),
+                              torch.full((batch,), w, device=saliency.device))
