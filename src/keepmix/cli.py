@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -29,6 +30,7 @@ TRAIN_FLAGS = {
     "epochs": "optim.epochs", "batch_size": "optim.batch_size", "lr": "optim.lr", "seed": "seed",
     "device": "device", "amp": "amp", "name": "name", "output_dir": "output_dir", "data": "data.name",
     "data_root": "data.root", "model": "model.name", "max_steps": "max_steps_per_epoch",
+    "dist_timeout": "dist_timeout",
 }
 
 
@@ -52,14 +54,17 @@ def _add_train(sub) -> None:
     p.add_argument("--data-root", help="data folder")
     p.add_argument("--model", help="model name")
     p.add_argument("--max-steps", type=int, help="cap on steps per epoch (smoke runs)")
+    p.add_argument("--dist-timeout", type=float, metavar="SECONDS",
+                   help="under torchrun: how long a collective may wait for the other ranks (default 600)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="DIR",
                    help="continue from the checkpoints: of this run folder or checkpoint, or (no value) of the "
-                        "recipe's own run folder")
+                        "recipe's own run folder (a damaged checkpoint.pt falls back to checkpoint.prev.pt)")
     p.add_argument("--stop-after-epoch", type=int, default=None, metavar="K",
                    help="stop once K epochs are done (resume later with --resume)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     p.add_argument("--quiet", action="store_true", help="no bars and no per-epoch lines; only the summary")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("--print-config", action="store_true",
+                   help="check the config (building its ops) and print it as YAML; train nothing")
 
 
 def _add_eval(sub) -> None:
@@ -134,6 +139,7 @@ def _yaml_str(value: str) -> str:
 
 
 def cmd_train(args) -> int:
+    from .engine.checkpoint import CheckpointFallbackWarning
     from .recipes import apply_overrides, config_from_dict, load_recipe
     from .train import Trainer, load_checkpoint, run
     overrides = _train_overrides(args)
@@ -147,12 +153,14 @@ def cmd_train(args) -> int:
             run(config, arms=args.arms, resume=True, run_dir=target, quiet=args.quiet,
                 stop_after_epoch=args.stop_after_epoch)
             return 0
-        payload = load_checkpoint(target)
+        with warnings.catch_warnings():  # the trainer says it when it loads the checkpoint
+            warnings.simplefilter("ignore", CheckpointFallbackWarning)
+            payload = load_checkpoint(target, fallback=True)
         config = apply_overrides(config_from_dict(payload["config"]), overrides)
         if args.print_config:
             return _print_config(config)
         run_dir = target if target.is_dir() else target.parent
-        trainer = Trainer(config, run_dir=run_dir, resume=run_dir / "checkpoint.pt", quiet=args.quiet)
+        trainer = Trainer(config, run_dir=run_dir, resume=target, quiet=args.quiet)
         summary = trainer.fit(stop_after_epoch=args.stop_after_epoch)
         from .train import format_summary
         if trainer.job.is_main:
@@ -167,6 +175,8 @@ def cmd_train(args) -> int:
 
 def _print_config(config) -> int:
     from .recipes import config_to_yaml
+    from .train import validate_build
+    validate_build(config)
     print(config_to_yaml(config), end="")
     return 0
 
@@ -352,22 +362,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return COMMANDS[args.command](args)
+    except (ValueError, TypeError, OSError, RuntimeError) as error:
         if os.environ.get("KEEPMIX_DEBUG"):
             raise
-        print(f"keepmix {args.command}: error: {error}", file=sys.stderr)
+        print(f"keepmix {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     finally:
         _leave_process_group()
 
 
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """keepmix's own warnings (a checkpoint fallback) as one ``keepmix: warning:`` line; others as Python prints them."""
+    if getattr(category, "__module__", "").startswith("keepmix."):
+        print(f"keepmix: warning: {message}", file=file or sys.stderr, flush=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
 def _leave_process_group() -> None:
-    """Close the torchrun process group a training command joined (if any)."""
-    if "torch" in sys.modules:
-        import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    """Stop the heartbeat and close the torchrun process group a training command joined (if any)."""
+    if "keepmix.engine.distributed" in sys.modules:
+        from .engine.distributed import shutdown_distributed
+        shutdown_distributed()
 
 
 if __name__ == "__main__":  # torchrun -m keepmix.cli train ...

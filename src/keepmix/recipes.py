@@ -151,6 +151,9 @@ class TrainConfig:
     ``early_head_weight`` weighs its auxiliary loss (0.3); ``jsd_weight`` > 0 turns on AugMix's
     Jensen–Shannon consistency (12 in the AugMix paper): the ops run twice to make two views of
     every image, the loss is the cross-entropy of the clean images plus ``jsd_weight`` × JS.
+
+    ``dist_timeout``: seconds a distributed collective may wait for the other ranks before the
+    job fails with a message naming the rank that stopped (runtime field; 10 minutes).
     """
 
     name: str = "run"
@@ -175,6 +178,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
     log_every: int = 50
+    dist_timeout: float = 600.0
 
     def validate(self) -> "TrainConfig":
         """Range checks that the type system cannot express; returns self."""
@@ -204,6 +208,7 @@ class TrainConfig:
                  "must be >= 1 or null", self.max_steps_per_epoch)
         _require(self.eval_every >= 1, "eval_every", "must be >= 1", self.eval_every)
         _require(self.log_every >= 1, "log_every", "must be >= 1", self.log_every)
+        _require(self.dist_timeout > 0, "dist_timeout", "must be > 0 seconds", self.dist_timeout)
         data = self.data
         _require(data.crop_padding >= 0, "data.crop_padding", "must be >= 0", data.crop_padding)
         _require(data.fraction is None or 0 < data.fraction <= 1, "data.fraction", "must be in (0, 1]",
@@ -401,7 +406,10 @@ def read_recipe(path: PathLike, _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
     if path in _seen:
         raise ValueError(f"recipe {path} extends itself (cycle: {' -> '.join(str(p) for p in _seen)})")
     with open(path, "r", encoding="utf-8") as handle:
-        data = yaml.safe_load(handle)
+        try:
+            data = yaml.safe_load(handle)
+        except yaml.YAMLError as error:
+            raise ValueError(f"recipe {path}: {yaml_error_line(error)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -415,13 +423,39 @@ def read_recipe(path: PathLike, _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
     return _deep_merge(base, data)
 
 
+def yaml_error_line(error: "yaml.YAMLError") -> str:
+    """One line for a YAML error: where (line, column) and what; Python tags get a plain reason."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(error, "problem", None) or str(error)
+    if "python/" in problem:
+        problem += " (recipes are plain YAML: Python object tags are not allowed)"
+    return where + " ".join(problem.split())
+
+
 def load_recipe(name: Optional[PathLike] = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Load a recipe file (a path or a name; ``None`` → ``default``) and apply ``key=value`` overrides."""
+    """Load a recipe file (a path or a name; ``None`` → ``default``) and apply ``key=value`` overrides.
+
+    Overriding ``data.name`` with another data set drops the recipe's ``data.kwargs`` (they
+    belong to the data set they were written for) unless an override sets ``data.kwargs`` too.
+    """
     data = read_recipe(find_recipe("default" if name is None else name))
-    for item in overrides:
-        key, value = parse_override(item)
-        set_by_path(data, key, value)
+    _apply_override_items(data, overrides)
     return config_from_dict(data)
+
+
+def _apply_override_items(data: Dict[str, Any], overrides: Sequence[str]) -> None:
+    """Apply ``key=value`` overrides to a recipe dict; a new ``data.name`` resets ``data.kwargs`` (see above)."""
+    section = data.get("data") if isinstance(data.get("data"), dict) else {}
+    before = section.get("name", DataConfig.name)
+    parsed = [parse_override(item) for item in overrides]
+    for key, value in parsed:
+        set_by_path(data, key, value)
+    section = data.get("data") if isinstance(data.get("data"), dict) else {}
+    renamed = section.get("name", DataConfig.name) != before
+    if renamed and not any(key == "data.kwargs" or key.startswith("data.kwargs.") or
+                           (key == "data" and isinstance(value, dict) and "kwargs" in value) for key, value in parsed):
+        section["kwargs"] = {}
 
 
 def parse_override(item: str) -> Tuple[str, Any]:
@@ -435,7 +469,7 @@ def parse_override(item: str) -> Tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as error:
-        raise ValueError(f"cannot parse the value of override {key!r}: {error}") from None
+        raise ValueError(f"cannot parse the value of override {key!r}: {yaml_error_line(error)}") from None
     return key, value
 
 
@@ -488,11 +522,9 @@ def set_by_path(data: Dict[str, Any], key: str, value: Any) -> None:
 
 
 def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
-    """A new config: ``config`` with ``key=value`` overrides applied and re-validated."""
+    """A new config: ``config`` with ``key=value`` overrides applied and re-validated (as :func:`load_recipe`)."""
     data = config_to_dict(config)
-    for item in overrides:
-        key, value = parse_override(item)
-        set_by_path(data, key, value)
+    _apply_override_items(data, overrides)
     return config_from_dict(data)
 
 
@@ -793,7 +825,13 @@ def load_pretrained(model: nn.Module, path: PathLike) -> List[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model.pretrained: no such file {str(path)!r} (a local state_dict is expected)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    with open(path, "rb") as handle:
+        framed = handle.read(32).startswith(b"KEEPMIX-CHECKPOINT")
+    if framed:  # a keepmix checkpoint: verified and read by the engine's loader
+        from .engine.checkpoint import load_checkpoint
+        state = load_checkpoint(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     own = model.state_dict()

@@ -16,28 +16,44 @@ protocol ``op(images, targets) -> (images, targets)``; class-index and soft targ
 What one run writes under ``runs/<name>/``: ``config.yaml``; ``metrics.csv`` (one row per epoch:
 epoch, step, lr, train loss/accuracy, eval loss/top-1/top-5, seconds, and every op's fidelity
 statistics — fallback rate and count, λ mean, share of saliency kept); ``checkpoint.pt`` (written
-atomically every epoch); ``curves.png``; TensorBoard events when ``tensorboard`` is installed.
+atomically every epoch, with a SHA-256 of its payload) and ``checkpoint.prev.pt`` (the epoch
+before); ``curves.png``; TensorBoard events when ``tensorboard`` is installed. Checkpoint and
+folder I/O lives in :mod:`keepmix.engine.checkpoint`: checkpoints hold only tensors and plain
+data and are opened with ``weights_only=True``, so opening a shared run never runs its code.
+
+**Before any work.** Ops of every arm are built once against a stand-in model
+(:func:`validate_build`), the output folder is checked (:func:`~keepmix.engine.checkpoint.check_output_dir`),
+a resume is checked against every checkpoint it would continue, and only then is anything
+written: the folder is created and locked (one writer at a time), stale temporary files of a
+killed run are removed, and a checkpoint-sized file is reserved to prove the disk can hold it.
+A refused resume leaves the run folder byte-identical; a run refused before training leaves no folder.
 
 **Exact resume.** The checkpoint holds the model, early head, optimiser, AMP scaler, epoch and
-step, the metrics so far, and every random state: torch CPU and CUDA, Python, NumPy, each op's
-generator and the loader's state. A run stopped after epoch k and resumed ends bit-identical (on
-CPU) to one that never stopped. The learning rate is a pure function of the step, so the
-schedule needs no state of its own.
+step, the metrics so far, and every random state: torch CPU and CUDA, Python, NumPy (as plain
+data), each op's generator and the loader's state. A run stopped after epoch k and resumed ends
+bit-identical (on CPU) to one that never stopped. The learning rate is a pure function of the
+step, so the schedule needs no state of its own. Resuming a run folder whose ``checkpoint.pt``
+is missing or damaged continues from ``checkpoint.prev.pt`` with a warning.
 
 **Distributed.** Under ``torchrun`` every rank trains on its shard of each epoch (gloo on CPU,
 NCCL on CUDA). Saliency uses the unwrapped model, pairing stays within each rank's batch, and the
 metrics are summed across ranks before they are logged. ``optim.batch_size`` is the global batch.
+Collectives time out after ``dist_timeout`` seconds with a message naming the rank that stopped,
+and BatchNorm running statistics are averaged over ranks before every evaluation and checkpoint
+(:mod:`keepmix.engine.distributed`), so the printed evaluation is that of the saved model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import math
 import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -46,52 +62,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .engine.checkpoint import (CHECKPOINT_NAME, CHECKPOINT_VERSION, PREVIOUS_NAME, CheckpointError,
+                                CheckpointFallbackWarning, RunLock, atomic_write,
+                                check_output_dir, ensure_space, load_checkpoint, make_run_dir, read_checkpoint,
+                                remove_if_empty, remove_stale_temps, save_checkpoint)
+from .engine.distributed import (Distributed, DistributedError, all_reduce_sum, collective_errors, init_distributed,
+                                 sync_buffers)
 from .losses import soft_target_cross_entropy
 from .recipes import (BuildContext, DataConfig, OptimConfig, TrainConfig, build_model_from_config, build_ops,
                       config_from_dict, config_to_dict, config_to_yaml, expand_arms, op_space, uses_early_head)
 
-CHECKPOINT_VERSION = 1
 
-
-# --------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class Distributed:
-    """This process's place in a (possibly one-process) job."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_type: str) -> Distributed:
-    """Join the ``torchrun`` job described by the environment (gloo on CPU, NCCL on CUDA), if any."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Distributed()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        backend = "nccl" if device_type == "cuda" else "gloo"
-        if device_type == "cuda":
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend, init_method="env://")
-    return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
-
-
-def all_reduce_sum(tensor: torch.Tensor, job: Distributed) -> torch.Tensor:
-    """Sum over ranks (in place; a no-op in a one-process run)."""
-    if job.enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
+# --------------------------------------------------------------------------- devices
 
 
 def resolve_device(name: str, job: Distributed) -> torch.device:
@@ -195,7 +177,11 @@ class OpStats:
 
 
 def capture_rng(generators: Dict[str, torch.Generator]) -> Dict[str, Any]:
-    """Every random state of this process: torch CPU/CUDA, Python, NumPy and the op generators."""
+    """Every random state of this process: torch CPU/CUDA, Python, NumPy and the op generators.
+
+    Tensors and plain Python data only (NumPy's state as a dict with an int64 tensor of keys),
+    so a checkpoint holding it loads with ``torch.load(weights_only=True)``.
+    """
     state: Dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
@@ -205,7 +191,9 @@ def capture_rng(generators: Dict[str, torch.Generator]) -> Dict[str, Any]:
         state["cuda"] = torch.cuda.get_rng_state_all()
     try:
         import numpy as np
-        state["numpy"] = np.random.get_state()
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = {"bit_generator": str(name), "keys": torch.from_numpy(keys.astype("int64")),
+                          "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
     except ImportError:  # pragma: no cover - numpy is a dependency
         pass
     return state
@@ -219,50 +207,17 @@ def restore_rng(state: Dict[str, Any], generators: Dict[str, torch.Generator]) -
         torch.cuda.set_rng_state_all(state["cuda"])
     if "numpy" in state:
         import numpy as np
-        np.random.set_state(state["numpy"])
+        saved_np = state["numpy"]
+        if isinstance(saved_np, dict):  # plain data (checkpoint version 2)
+            saved_np = (saved_np["bit_generator"], np.asarray(saved_np["keys"].numpy(), dtype=np.uint32),
+                        saved_np["pos"], saved_np["has_gauss"], saved_np["cached_gaussian"])
+        np.random.set_state(saved_np)
     saved = state.get("generators", {})
     if set(saved) != set(generators):
         raise ValueError(f"the checkpoint's op generators {sorted(saved)} do not match this run's "
                          f"{sorted(generators)}: the ops differ from the checkpointed run")
     for path, generator in generators.items():
         generator.set_state(saved[path])
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(payload: Dict[str, Any], path: os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def load_checkpoint(path: os.PathLike, map_location="cpu") -> Dict[str, Any]:
-    """Read a keepmix checkpoint (a run folder or the ``checkpoint.pt`` file)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
-    # the checkpoint holds plain Python RNG tuples and NumPy state: trusted files written by keepmix
-    payload = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(payload, dict) or payload.get("format") != "keepmix-checkpoint":
-        raise ValueError(f"{str(path)!r} is not a keepmix checkpoint")
-    return payload
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -642,7 +597,7 @@ class Trainer:
         self.quiet = quiet
         probe = "cuda" if (config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())) \
             else "cpu"
-        self.job = init_distributed(probe)
+        self.job = init_distributed(probe, config.dist_timeout)
         self.device = resolve_device(config.device, self.job)
         if config.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("amp 'fp16' needs a CUDA device (use 'bf16' on CPU)")
@@ -658,6 +613,7 @@ class Trainer:
         self.step = 0
         self.history: List[Dict[str, Any]] = []
         self.elapsed = 0.0
+        self.resumed_from: Optional[Path] = None
         if resume is not None:
             self.load(resume)
 
@@ -782,43 +738,86 @@ class Trainer:
     def fit(self, stop_after_epoch: Optional[int] = None) -> Dict[str, Any]:
         """Train until ``optim.epochs`` (or until ``stop_after_epoch`` epochs are done); returns the summary."""
         config = self.config
-        if self.job.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            _write_text_atomic(self.run_dir / "config.yaml", config_to_yaml(config))
-        writer = self._tensorboard()
-        while self.epoch < config.optim.epochs:
-            if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
-                break
-            start = time.perf_counter()
-            lr = learning_rate(self.step, self.steps_per_epoch, config.optim)
-            row: Dict[str, Any] = {"epoch": self.epoch + 1, "step": None, "lr": lr}
-            row.update(self.train_epoch())
-            self.epoch += 1
-            row["step"] = self.step
-            last = self.epoch == config.optim.epochs
-            if self.epoch % config.eval_every == 0 or last:
-                metrics = self.evaluate()
-                row.update({"val_loss": metrics["loss"], "val_top1": metrics["top1"], "val_top5": metrics["top5"]})
-            seconds = time.perf_counter() - start
-            self.elapsed += seconds
-            row["time"] = seconds
-            self.history.append(row)
-            self.save()
+        with self._writing(), collective_errors(self.job):
             if self.job.is_main:
-                self._write_metrics()
-                if writer is not None:
-                    for key, value in row.items():
-                        if key not in ("epoch", "step") and isinstance(value, float) and not math.isnan(value):
-                            writer.add_scalar(key.replace(".", "/"), value, self.epoch)
-                    writer.flush()
-                if not self.quiet:
-                    print(self._epoch_line(row), flush=True)
-        if writer is not None:
-            writer.close()
-        if self.job.is_main and self.history:
-            from .viz import plot_curves
-            plot_curves(self.history, self.run_dir / "curves.png", title=config.name)
+                atomic_write(self.run_dir / "config.yaml", config_to_yaml(config))
+            writer = self._tensorboard()
+            while self.epoch < config.optim.epochs:
+                if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
+                    break
+                start = time.perf_counter()
+                lr = learning_rate(self.step, self.steps_per_epoch, config.optim)
+                row: Dict[str, Any] = {"epoch": self.epoch + 1, "step": None, "lr": lr}
+                row.update(self.train_epoch())
+                self.epoch += 1
+                row["step"] = self.step
+                sync_buffers(self.net, self.job)  # every rank evaluates, and saves, the same model
+                last = self.epoch == config.optim.epochs
+                if self.epoch % config.eval_every == 0 or last:
+                    metrics = self.evaluate()
+                    row.update({"val_loss": metrics["loss"], "val_top1": metrics["top1"],
+                                "val_top5": metrics["top5"]})
+                seconds = time.perf_counter() - start
+                self.elapsed += seconds
+                row["time"] = seconds
+                self.history.append(row)
+                self.save()
+                if self.job.is_main:
+                    self._write_metrics()
+                    if writer is not None:
+                        for key, value in row.items():
+                            if key not in ("epoch", "step") and isinstance(value, float) and not math.isnan(value):
+                                writer.add_scalar(key.replace(".", "/"), value, self.epoch)
+                        writer.flush()
+                    if not self.quiet:
+                        print(self._epoch_line(row), flush=True)
+            if writer is not None:
+                writer.close()
+            if self.job.is_main and self.history:
+                from .viz import plot_curves
+                plot_curves(self.history, self.run_dir / "curves.png", title=config.name)
         return self.summary()
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Hold the run folder for the run: created, locked, cleaned and proved to hold a checkpoint.
+
+        Only rank 0 writes; its verdict is shared so that every rank fails together before any
+        work. A folder created here is removed again if the run stops before writing into it.
+        """
+        created: List[Path] = []
+        lock = RunLock(self.run_dir)
+        problem = None
+        if self.job.is_main:
+            try:
+                created = make_run_dir(self.run_dir)
+                lock.acquire()
+                remove_stale_temps(self.run_dir)
+                ensure_space(self.run_dir, self._checkpoint_bytes())
+            except (OSError, RuntimeError, ValueError) as error:
+                problem = error
+        if self.job.enabled:
+            verdict = [None if problem is None else f"rank 0: {problem}"]
+            with collective_errors(self.job):
+                dist.broadcast_object_list(verdict, src=0)
+            if verdict[0] is not None and problem is None:
+                problem = RuntimeError(verdict[0])
+        try:
+            if problem is not None:
+                raise problem
+            yield
+        finally:
+            lock.release()
+            remove_if_empty(created)
+
+    def _checkpoint_bytes(self) -> int:
+        """About the size of a checkpoint: the model, head and optimiser state (momentum included), plus 1 MB."""
+        tensors = list(self.model.state_dict().values())
+        if self.early_head is not None:
+            tensors += list(self.early_head.state_dict().values())
+        params = sum(p.numel() * p.element_size() for p in self.net.parameters())
+        momentum = params if self.config.optim.momentum > 0 else 0
+        return sum(t.numel() * t.element_size() for t in tensors) + momentum + (1 << 20)
 
     def evaluate(self) -> Dict[str, float]:
         return evaluate(self.model, self.data.eval_batches(), device=self.device, amp=self.config.amp,
@@ -862,14 +861,12 @@ class Trainer:
                     columns.append(key)
         fixed = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "time"]
         columns = [c for c in fixed if c in columns] + sorted(c for c in columns if c not in fixed)
-        path = self.run_dir / "metrics.csv"
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(columns)
-            for row in self.history:
-                writer.writerow([_csv_cell(row.get(c)) for c in columns])
-        os.replace(tmp, path)
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(columns)
+        for row in self.history:
+            writer.writerow([_csv_cell(row.get(c)) for c in columns])
+        atomic_write(self.run_dir / "metrics.csv", text.getvalue())
 
     # ------------------------------------------------------------------ checkpoints
     def _local_state(self) -> Dict[str, Any]:
@@ -896,22 +893,22 @@ class Trainer:
         }
 
     def save(self) -> Optional[Path]:
+        """Write ``checkpoint.pt`` (rank 0; the previous one becomes ``checkpoint.prev.pt``)."""
         payload = self.state_dict()
         if self.job.is_main:
-            return save_checkpoint(payload, self.run_dir / "checkpoint.pt")
+            return save_checkpoint(payload, self.run_dir / CHECKPOINT_NAME)
         return None
 
     def load(self, path: os.PathLike) -> None:
-        """Restore everything from a checkpoint written by this config (or a run folder holding one)."""
-        payload = load_checkpoint(path, map_location=self.device)
-        changed = config_differences(config_from_dict(payload["config"]), self.config)
-        if changed:
-            raise ValueError(f"the checkpoint was written with another config ({', '.join(changed)} differ); an exact "
-                             "resume needs the same settings (only runtime fields may change: "
-                             f"{', '.join(RUNTIME_FIELDS)})")
-        if payload["world_size"] != self.job.world_size:
-            raise ValueError(f"the checkpoint was written by {payload['world_size']} process(es); resume it with "
-                             f"the same number (this job has {self.job.world_size})")
+        """Restore everything from a checkpoint written by this config.
+
+        ``path`` is a checkpoint file, or a run folder: then its ``checkpoint.pt``, or
+        ``checkpoint.prev.pt`` with a :class:`~keepmix.engine.checkpoint.CheckpointFallbackWarning`
+        when that one is missing or damaged. Nothing is written. Raises ``ValueError`` when the
+        checkpoint cannot continue this config (see :func:`check_resumable`).
+        """
+        payload, self.resumed_from = read_checkpoint(path, map_location=self.device, fallback=True)
+        check_resumable(payload, self.config, self.job.world_size, self.resumed_from)
         if payload["num_classes"] != self.num_classes:
             raise ValueError(f"the checkpoint has {payload['num_classes']} classes, the data has {self.num_classes}")
         self.model.load_state_dict(payload["model"])
@@ -932,7 +929,25 @@ class Trainer:
 
 #: config fields that do not change what is trained (may differ when resuming)
 RUNTIME_FIELDS = ("name", "description", "output_dir", "device", "progress", "tensorboard", "log_every", "eval_every",
-                  "compile", "data.root", "data.download", "data.eval_batch_size")
+                  "compile", "dist_timeout", "data.root", "data.download", "data.eval_batch_size")
+
+
+def check_resumable(payload: Dict[str, Any], config: TrainConfig, world_size: int,
+                    path: Optional[os.PathLike] = None) -> None:
+    """Raise ``ValueError`` (naming the checkpoint and what differs) unless ``payload`` can continue ``config``.
+
+    An exact resume needs the same training settings (only :data:`RUNTIME_FIELDS` may change)
+    and the same number of processes. Reads nothing and writes nothing.
+    """
+    where = f"{path}: " if path is not None else ""
+    changed = config_differences(config_from_dict(payload["config"]), config)
+    if changed:
+        raise ValueError(f"{where}the checkpoint was written with another config ({', '.join(changed)} differ); an "
+                         "exact resume needs the same settings (only runtime fields may change: "
+                         f"{', '.join(RUNTIME_FIELDS)})")
+    if payload["world_size"] != world_size:
+        raise ValueError(f"{where}the checkpoint was written by {payload['world_size']} process(es); resume it with "
+                         f"the same number (this job has {world_size})")
 
 
 def config_differences(saved: TrainConfig, current: TrainConfig) -> List[str]:
@@ -998,6 +1013,33 @@ def _spec_has_policy(spec: Any) -> bool:
     return False
 
 
+def validate_build(config: TrainConfig) -> None:
+    """Build every op of ``config`` and of each of its arms once, against a small stand-in model.
+
+    A wrong op name or argument (``size: -5``) is then refused before any data is loaded or any
+    file written — and by ``--print-config`` — with the error of the op's own constructor,
+    naming the op (``ops[0] (KeepCutout): size must be positive…``). The stand-in is a
+    ``resnet_small`` with 10 classes built under a forked RNG (the caller's random state is
+    untouched); model-specific checks happen when the run builds its real model.
+    """
+    from .models import build_model
+    configs = [c for _, c in expand_arms(config)] if config.arms else [config]
+    with torch.random.fork_rng(devices=[]):
+        stand_in = build_model("resnet_small", 10)
+        head: List[nn.Module] = []
+
+        def early_head() -> nn.Module:
+            if not head:
+                from .saliency import EarlyHead
+                head.append(EarlyHead(stand_in, 10))
+            return head[0]
+
+        for c in configs:
+            context = BuildContext(model=stand_in, num_classes=10, early_head=early_head, seed=c.seed, device="cpu",
+                                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+            build_ops(c.ops, context)
+
+
 # --------------------------------------------------------------------------- recipes with arms
 
 
@@ -1017,32 +1059,64 @@ def run(config: TrainConfig, *, arms: Optional[Sequence[str]] = None, resume: bo
     """Train every arm of a recipe (or the recipe itself when it has none); print the comparison.
 
     Output: ``output_dir/name`` (``name-2``… when it exists and ``resume`` is off), one sub-folder
-    per arm, plus ``summary.csv`` and ``curves.png`` overlaying the arms. With ``resume`` each
-    arm continues from its checkpoint when there is one (finished arms are only reported).
+    per arm, plus ``recipe.yaml``, ``summary.csv`` and ``curves.png`` overlaying the arms. With
+    ``resume`` each arm continues from its checkpoint when there is one (finished arms are only
+    reported; a damaged ``checkpoint.pt`` falls back to ``checkpoint.prev.pt``).
+
+    Nothing is written until every arm's ops build (:func:`validate_build`), the output folder
+    can be created, every checkpoint a resume would continue matches its arm
+    (:func:`check_resumable`) and the first arm's data and model are ready; so a refused run
+    leaves an existing folder byte-identical and creates none. The folder is locked
+    (:class:`~keepmix.engine.checkpoint.RunLock`) from the first check to the end.
     """
+    main = _is_main_env()
     base = Path(run_dir) if run_dir is not None else Path(config.output_dir) / config.name
     if not resume and run_dir is None:
-        base = unique_run_dir(base) if _is_main_env() else base
+        base = unique_run_dir(base) if main else base
     expanded = expand_arms(config, arms)
-    if _is_main_env():
-        base.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(base / "recipe.yaml", config_to_yaml(config))
-    summaries = []
-    cache: Dict[str, Any] = {}
-    for arm_name, arm_config in expanded:
-        folder = base / arm_name if arm_name else base
-        checkpoint = folder / "checkpoint.pt"
-        trainer = Trainer(arm_config, run_dir=folder, resume=checkpoint if resume and checkpoint.is_file() else None,
-                          quiet=quiet, data=data, data_cache=cache)
-        summary = trainer.fit(stop_after_epoch=stop_after_epoch)
-        summary["arm"] = arm_name
-        summaries.append(summary)
-    if _is_main_env():
-        if len(summaries) > 1:
-            _write_comparison(base, summaries)
-        if not quiet or len(summaries) > 1:
-            print(format_summary(summaries), flush=True)
-    return summaries
+    for _, arm_config in expanded:
+        validate_build(arm_config)
+    if main:
+        check_output_dir(base)
+    lock, created = RunLock(base), []
+    try:
+        if main and base.is_dir():
+            lock.acquire()  # before reading checkpoints that another writer might be replacing
+        resumable = set()
+        if resume:
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            for arm_name, arm_config in expanded:
+                folder = base / arm_name if arm_name else base
+                if (folder / CHECKPOINT_NAME).is_file() or (folder / PREVIOUS_NAME).is_file():
+                    with warnings.catch_warnings():  # the trainer says it again when it loads
+                        warnings.simplefilter("ignore", CheckpointFallbackWarning)
+                        payload, source = read_checkpoint(folder, fallback=True)
+                    check_resumable(payload, arm_config, world, source)
+                    del payload
+                    resumable.add(arm_name)
+        summaries = []
+        cache: Dict[str, Any] = {}
+        for index, (arm_name, arm_config) in enumerate(expanded):
+            folder = base / arm_name if arm_name else base
+            trainer = Trainer(arm_config, run_dir=folder, resume=folder if arm_name in resumable else None,
+                              quiet=quiet, data=data, data_cache=cache)
+            if index == 0 and main:
+                created = make_run_dir(base)
+                lock.acquire()
+                remove_stale_temps(base)
+                atomic_write(base / "recipe.yaml", config_to_yaml(config))
+            summary = trainer.fit(stop_after_epoch=stop_after_epoch)
+            summary["arm"] = arm_name
+            summaries.append(summary)
+        if main:
+            if len(summaries) > 1:
+                _write_comparison(base, summaries)
+            if not quiet or len(summaries) > 1:
+                print(format_summary(summaries), flush=True)
+        return summaries
+    finally:
+        lock.release()
+        remove_if_empty(created)
 
 
 def _is_main_env() -> bool:
@@ -1051,13 +1125,13 @@ def _is_main_env() -> bool:
 
 def _write_comparison(base: Path, summaries: List[Dict[str, Any]]) -> None:
     from .viz import plot_curves, read_metrics
-    base.mkdir(parents=True, exist_ok=True)
     keys = ["arm", "val_top1", "val_top5", "val_loss", "best_val_top1", "train_loss", "epochs", "seconds", "run_dir"]
-    with open(base / "summary.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(keys)
-        for s in summaries:
-            writer.writerow([_csv_cell(s.get(k)) for k in keys])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(keys)
+    for s in summaries:
+        writer.writerow([_csv_cell(s.get(k)) for k in keys])
+    atomic_write(base / "summary.csv", text.getvalue())
     curves = {s["arm"]: read_metrics(s["metrics"]) for s in summaries if Path(s["metrics"]).is_file()}
     if curves:
         plot_curves(curves, base / "curves.png", title=base.name)
@@ -1088,8 +1162,9 @@ def _num(value, digits: int = 2) -> str:
 
 
 __all__ = [
-    "Augmentation", "Distributed", "OpStats", "RunData", "TrainNet", "Trainer", "all_reduce_sum", "autocast_context",
-    "RUNTIME_FIELDS", "build_optimizer", "capture_rng", "config_differences", "evaluate", "format_summary", "init_distributed", "learning_rate",
-    "load_checkpoint", "load_sets", "load_split", "op_display_names", "prepare_data", "ShardedLoader", "resolve_device", "restore_rng", "run",
-    "save_checkpoint", "topk_correct", "unique_run_dir",
+    "Augmentation", "CHECKPOINT_VERSION", "CheckpointError", "Distributed", "DistributedError", "OpStats", "RunData",
+    "TrainNet", "Trainer", "all_reduce_sum", "autocast_context", "RUNTIME_FIELDS", "build_optimizer", "capture_rng",
+    "check_resumable", "config_differences", "evaluate", "format_summary", "init_distributed", "learning_rate",
+    "load_checkpoint", "load_sets", "load_split", "op_display_names", "prepare_data", "ShardedLoader", "resolve_device",
+    "restore_rng", "run", "save_checkpoint", "sync_buffers", "topk_correct", "unique_run_dir", "validate_build",
 ]
