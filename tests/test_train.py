@@ -299,20 +299,35 @@ def test_resume_with_other_ops_is_refused(tmp_path):
 # --------------------------------------------------------------------------- distributed
 
 
-@pytest.mark.slow
-def test_two_processes_with_gloo_train_one_epoch_through_torchrun(tmp_path):
+DDP_RECIPE = (
+    "name: ddp\nprogress: false\ntensorboard: false\n"
+    "data: {name: salient_shapes, kwargs: {n_per_class: 8, num_classes: 3, image_size: 16, object_size: 5}}\n"
+    "model: {name: resnet_small}\noptim: {epochs: EPOCHS, batch_size: 8, lr: 0.05}\n"
+    "ops: [{name: keep_cutout, size: 4, saliency: model}, {name: guided_sr, mix_prob: 1.0}]\n")
+
+
+def torchrun(tmp_path, *args, epochs=1):
     recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(
-        "name: ddp\nprogress: false\ntensorboard: false\n"
-        "data: {name: salient_shapes, kwargs: {n_per_class: 8, num_classes: 3, image_size: 16, object_size: 5}}\n"
-        "model: {name: resnet_small}\noptim: {epochs: 1, batch_size: 8, lr: 0.05}\n"
-        "ops: [{name: keep_cutout, size: 4, saliency: model}, {name: guided_sr, mix_prob: 1.0}]\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "keepmix.cli",
-           "train", str(recipe), "--output-dir", str(tmp_path / "runs")]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+    recipe.write_text(DDP_RECIPE.replace("EPOCHS", str(epochs)))
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m", "keepmix.cli",
+            "train", str(recipe), "--output-dir", str(tmp_path / "runs"), *args]
+
+
+DDP_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """One epoch of the tiny recipe on two gloo ranks under torchrun."""
+    tmp_path = tmp_path_factory.mktemp("ddp")
+    done = subprocess.run(torchrun(tmp_path), capture_output=True, text=True, timeout=180, env=DDP_ENV, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    run_dir = tmp_path / "runs" / "ddp"
+    return tmp_path / "runs" / "ddp", done
+
+
+@pytest.mark.slow
+def test_two_processes_with_gloo_train_one_epoch_through_torchrun(ddp_run):
+    run_dir, done = ddp_run
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     assert len(rows) == 1
     # 24 images, global batch 8 → 3 steps of 4 images per rank; metrics count both ranks' samples
@@ -322,6 +337,76 @@ def test_two_processes_with_gloo_train_one_epoch_through_torchrun(tmp_path):
     assert checkpoint["world_size"] == 2 and len(checkpoint["ranks"]) == 2
     assert checkpoint["ranks"][0]["rng"]["generators"].keys() == checkpoint["ranks"][1]["rng"]["generators"].keys()
     assert "top-1" in done.stdout
+
+
+@pytest.mark.slow
+def test_ddp_reported_evaluation_is_that_of_the_saved_checkpoint(ddp_run, capsys):
+    # each rank updates its BatchNorm statistics from its own shard; without syncing them the ranks
+    # evaluate different models and the checkpoint (rank 0's) is a third one
+    import json
+    from keepmix.cli import main
+    run_dir, _ = ddp_run
+    final = list(csv.DictReader(open(run_dir / "metrics.csv")))[-1]
+    assert main(["eval", "--checkpoint", str(run_dir / "checkpoint.pt"), "--json", "--device", "cpu"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["count"] == 24
+    assert metrics["loss"] == pytest.approx(float(final["val_loss"]), rel=1e-6)
+    assert metrics["top1"] == pytest.approx(float(final["val_top1"]))
+
+
+def _worker_pid(tag: str, rank: int) -> int:
+    """The pid of the torchrun worker of ``rank`` whose environment carries ``tag``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"KEEPMIX_TEST_TAG={tag}".encode() in environ and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    raise AssertionError(f"no worker of rank {rank} found")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker through /proc")
+def test_a_stopped_rank_fails_the_job_within_the_timeout_naming_it(tmp_path):
+    import queue
+    import signal
+    import threading
+    import time
+    import uuid
+    tag = uuid.uuid4().hex
+    env = {**DDP_ENV, "KEEPMIX_TEST_TAG": tag}
+    process = subprocess.Popen(torchrun(tmp_path, "--dist-timeout", "3", epochs=200), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+    lines: "queue.Queue[str]" = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    seen, stopped_at, worker, deadline = [], None, None, time.monotonic() + 150
+    try:
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                continue
+            seen.append(line)
+            if stopped_at is None and "epoch 1/200" in line:
+                worker = _worker_pid(tag, 1)
+                os.kill(worker, signal.SIGSTOP)
+                stopped_at = time.monotonic()
+            if "keepmix train: error" in line:
+                break
+        waited = time.monotonic() - stopped_at if stopped_at is not None else None
+    finally:
+        if worker is not None:
+            os.kill(worker, signal.SIGKILL)
+        process.kill()
+        process.wait(timeout=60)
+    error = [line for line in seen if "keepmix train: error" in line]
+    assert stopped_at is not None and error, "".join(seen[-30:])
+    assert waited < 30, waited
+    assert "rank 0 of 2: a collective operation did not complete within dist_timeout=3 s" in error[0]
+    assert "rank 1 stopped responding" in error[0]
 
 
 def test_bf16_autocast_and_channels_last_step_on_cpu(tmp_path):

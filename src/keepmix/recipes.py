@@ -437,7 +437,7 @@ def load_recipe(name: Optional[PathLike] = None, overrides: Sequence[str] = ()) 
     """Load a recipe file (a path or a name; ``None`` → ``default``) and apply ``key=value`` overrides.
 
     Overriding ``data.name`` with another data set drops the recipe's ``data.kwargs`` (they
-    belong to the data set they were written for) unless an override sets ``data.kwargs`` too.
+    belong to the data set they were written for); ``data.kwargs`` overrides given with it apply.
     """
     data = read_recipe(find_recipe("default" if name is None else name))
     _apply_override_items(data, overrides)
@@ -452,10 +452,11 @@ def _apply_override_items(data: Dict[str, Any], overrides: Sequence[str]) -> Non
     for key, value in parsed:
         set_by_path(data, key, value)
     section = data.get("data") if isinstance(data.get("data"), dict) else {}
-    renamed = section.get("name", DataConfig.name) != before
-    if renamed and not any(key == "data.kwargs" or key.startswith("data.kwargs.") or
-                           (key == "data" and isinstance(value, dict) and "kwargs" in value) for key, value in parsed):
+    if section.get("name", DataConfig.name) != before and not any(key == "data" for key, _ in parsed):
         section["kwargs"] = {}
+        for key, value in parsed:  # only the kwargs given with the new name
+            if key == "data.kwargs" or key.startswith("data.kwargs."):
+                set_by_path(data, key, value)
 
 
 def parse_override(item: str) -> Tuple[str, Any]:

@@ -1023,7 +1023,8 @@ def validate_build(config: TrainConfig) -> None:
     untouched); model-specific checks happen when the run builds its real model.
     """
     from .models import build_model
-    configs = [c for _, c in expand_arms(config)] if config.arms else [config]
+    from .recipes import build_op
+    configs = expand_arms(config)
     with torch.random.fork_rng(devices=[]):
         stand_in = build_model("resnet_small", 10)
         head: List[nn.Module] = []
@@ -1034,10 +1035,17 @@ def validate_build(config: TrainConfig) -> None:
                 head.append(EarlyHead(stand_in, 10))
             return head[0]
 
-        for c in configs:
+        for arm, c in configs:
             context = BuildContext(model=stand_in, num_classes=10, early_head=early_head, seed=c.seed, device="cpu",
                                    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-            build_ops(c.ops, context)
+            for index, spec in enumerate(c.ops):
+                where = f"arm {arm!r}: ops[{index}]" if arm else f"ops[{index}]"
+                try:
+                    build_op(spec, context, f"ops[{index}]")
+                except (TypeError, ValueError) as error:
+                    message = str(error)
+                    message = message[len(f"ops[{index}]"):].lstrip(": ") if message.startswith("ops[") else message
+                    raise type(error)(f"{where}: {message}") from None
 
 
 # --------------------------------------------------------------------------- recipes with arms
@@ -1104,6 +1112,7 @@ def run(config: TrainConfig, *, arms: Optional[Sequence[str]] = None, resume: bo
                 created = make_run_dir(base)
                 lock.acquire()
                 remove_stale_temps(base)
+                ensure_space(base, len(expanded) * trainer._checkpoint_bytes())
                 atomic_write(base / "recipe.yaml", config_to_yaml(config))
             summary = trainer.fit(stop_after_epoch=stop_after_epoch)
             summary["arm"] = arm_name
