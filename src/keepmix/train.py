@@ -1112,7 +1112,7 @@ def run(config: TrainConfig, *, arms: Optional[Sequence[str]] = None, resume: bo
                 created = make_run_dir(base)
                 lock.acquire()
                 remove_stale_temps(base)
-                ensure_space(base, len(expanded) * trainer._checkpoint_bytes())
+                ensure_space(base, trainer._checkpoint_bytes(), runs=len(expanded))
                 atomic_write(base / "recipe.yaml", config_to_yaml(config))
             summary = trainer.fit(stop_after_epoch=stop_after_epoch)
             summary["arm"] = arm_name

@@ -286,7 +286,8 @@ def read_checkpoint(path: PathLike, map_location="cpu", *, fallback: bool = Fals
     previous = target.with_name(PREVIOUS_NAME)
     try:
         if not target.is_file():
-            raise FileNotFoundError(f"no checkpoint at {str(target)!r}")
+            hint = f" (the previous epoch's is {previous})" if previous.is_file() and previous != target else ""
+            raise FileNotFoundError(f"no checkpoint at {str(target)!r}{hint}")
         return _load_file(target, map_location), target
     except (FileNotFoundError, CheckpointError) as error:
         unsafe = isinstance(error, CheckpointError) and error.reason == "unsafe"
@@ -398,12 +399,13 @@ def remove_if_empty(folders: List[Path]) -> None:
             folder.rmdir()
 
 
-def ensure_space(folder: PathLike, checkpoint_bytes: int) -> None:
-    """Prove that ``folder`` can hold the run's checkpoints before any work is done.
+def ensure_space(folder: PathLike, checkpoint_bytes: int, runs: int = 1) -> None:
+    """Prove that ``folder`` can hold the checkpoints of ``runs`` runs before any work is done.
 
     A file of ``checkpoint_bytes`` is reserved there and removed (this catches a full disk, a
-    quota and a file-size limit alike); then the free space must cover a checkpoint, its
-    previous copy and the temporary file of a save (less what existing checkpoints already take).
+    quota and a file-size limit alike); then the free space must cover, per run, a checkpoint
+    and its previous copy, plus the temporary file of one save — less what the checkpoints
+    already in the folder (or its sub-folders, a recipe's arms) take.
 
     Raises :class:`RunDirError` naming the folder, the size needed and what the system said.
     """
@@ -431,13 +433,13 @@ def ensure_space(folder: PathLike, checkpoint_bytes: int) -> None:
     finally:
         with contextlib.suppress(OSError):
             probe.unlink()
-    existing = sum((folder / name).stat().st_size for name in (CHECKPOINT_NAME, PREVIOUS_NAME)
-                   if (folder / name).is_file())
-    needed = 3 * size - existing
+    existing = sum(path.stat().st_size for pattern in (CHECKPOINT_NAME, PREVIOUS_NAME, f"*/{CHECKPOINT_NAME}",
+                                                       f"*/{PREVIOUS_NAME}") for path in folder.glob(pattern))
+    needed = (2 * runs + 1) * size - existing
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise RunDirError(f"run folder {folder} has {_mb(free)} free; its checkpoints need about {_mb(needed)} "
-                          "more (the checkpoint, the previous one and a temporary copy while saving)")
+                          "more (each run's checkpoint and previous one, and a temporary copy while saving)")
 
 
 def _write_zeros(fd: int, size: int) -> None:
