@@ -447,7 +447,7 @@ class SnapMix(_Mixer):
         box_b = (*box_b[:2], box_b[2] * mixed, box_b[3] * mixed)
         mask_a = box_masks(*box_a, size)
         mask_b = box_masks(*box_b, size)
-        rho_a = 1.0 - (spm * mask_a).sum(dim=(1, 2))
+        rho_a = (spm * ~mask_a).sum(dim=(1, 2))  # the mass kept, summed (not 1 − cut: exact 0 for a full box)
         rho_b = (spm.index_select(0, partner) * mask_b).sum(dim=(1, 2))
 
         x = to_float(images)

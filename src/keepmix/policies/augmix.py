@@ -119,11 +119,7 @@ class AugMix(ImagePolicy):
     def sample_plan(self, batch_size: int, height: int, width: int, device) -> Dict[str, torch.Tensor]:
         """Draw chain weights, the mixing weight, depths, ops, levels and signs."""
         device = torch.device(device)
-        gammas = _random.gamma(self.alpha, (batch_size, self.width), device, self.generator)
-        total = gammas.sum(dim=1, keepdim=True)
-        # All Gamma draws can underflow to 0 for a tiny alpha: weight the chains equally then.
-        chain_weights = torch.where(total > 0, gammas / total.clamp_min(torch.finfo(total.dtype).tiny),
-                                    torch.full_like(gammas, 1.0 / self.width))
+        chain_weights = _random.dirichlet(self.alpha, self.width, (batch_size,), device, self.generator)
         mix_weight = _random.beta(self.alpha, self.alpha, (batch_size,), device, self.generator)
         if self.depth > 0:
             depth = torch.full((batch_size, self.width), self.depth, device=device, dtype=torch.long)
