@@ -736,7 +736,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
     def fit(self, stop_after_epoch: Optional[int] = None) -> Dict[str, Any]:
-        """Train until ``optim.epochs`` (or until ``stop_after_epoch`` epochs are done); returns the summary."""
+        """Train until ``optim.epochs`` (or until ``stop_after_epoch`` epochs are done); returns the summary.
+
+        Before the first epoch the run folder is created, locked and shown to hold a checkpoint
+        (see :meth:`_writing`). Raises :class:`~keepmix.engine.checkpoint.RunLockedError` (another
+        writer), :class:`~keepmix.engine.checkpoint.RunDirError` (the folder cannot be created or
+        cannot hold the checkpoints), :class:`~keepmix.engine.checkpoint.CheckpointError` (a save
+        failed; the previous checkpoints are intact) and, under DDP,
+        :class:`~keepmix.engine.distributed.DistributedError` (a collective timed out or a peer dropped).
+        """
         config = self.config
         with self._writing(), collective_errors(self.job):
             if self.job.is_main:
@@ -1043,9 +1051,9 @@ def validate_build(config: TrainConfig) -> None:
                 try:
                     build_op(spec, context, f"ops[{index}]")
                 except (TypeError, ValueError) as error:
-                    message = str(error)
-                    message = message[len(f"ops[{index}]"):].lstrip(": ") if message.startswith("ops[") else message
-                    raise type(error)(f"{where}: {message}") from None
+                    message, prefix = str(error), f"ops[{index}]"
+                    message = where + message[len(prefix):] if message.startswith(prefix) else f"{where}: {message}"
+                    raise type(error)(message) from None
 
 
 # --------------------------------------------------------------------------- recipes with arms
