@@ -2,17 +2,19 @@
 
 Bad input raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError``
 (wrong shape, range or value), and the message names the argument and what was
-expected. The finiteness check reads a value back from the device (one sync per
-call, not per sample); it is on by default and can be switched off with
+expected. Value checks (finiteness, index ranges) need the values: inside an op
+call they are collected and read back together with one host sync per call
+(:func:`deferred_checks`); they are on by default and can be switched off with
 :func:`set_input_checks` or the :func:`input_checks` context manager once a
-pipeline is known to be clean.
+pipeline is known to be clean — then an op makes no host sync at all.
 """
 
 from __future__ import annotations
 
 import contextlib
 import numbers
-from typing import Iterator, Optional, Tuple, Union
+import threading
+from typing import Iterator, List, Optional, Tuple, Union
 
 import torch
 
@@ -41,10 +43,64 @@ def input_checks(enabled: bool) -> Iterator[None]:
         _CHECK_FINITE = previous
 
 
+class _Pending(threading.local):
+    """The checks of the op call in progress on this thread (None outside a call)."""
+    flags: Optional[List[Tuple[torch.Tensor, str]]] = None
+
+
+_PENDING = _Pending()
+
+
+@contextlib.contextmanager
+def deferred_checks() -> Iterator[None]:
+    """Collect the value checks made inside (finiteness, index ranges) and read them back at the
+    end with **one** host sync for all of them; raise the first failed check's ValueError.
+
+    Every op call runs in one (``Op.__call__``); nested op calls (Compose, SelectivePaste's
+    transform) join the outermost scope. Checks made outside any scope sync at once. With input
+    checks off nothing is recorded and nothing syncs. A failed check is raised after the op's
+    tensor work and before its result is returned (that work never hangs on NaN).
+    """
+    if _PENDING.flags is not None:  # nested: the outermost scope reads everything back
+        yield
+        return
+    flags: List[Tuple[torch.Tensor, str]] = []
+    _PENDING.flags = flags
+    try:
+        yield
+    except Exception as error:  # a bad value met earlier explains a later failure better: report it first
+        _PENDING.flags = None
+        _raise_failed(flags, cause=error)
+        raise
+    finally:
+        _PENDING.flags = None
+    if flags:
+        device = flags[0][0].device
+        if not bool(torch.stack([ok.to(device) for ok, _ in flags]).all()):  # the one sync
+            _raise_failed(flags)
+
+
+def _raise_failed(flags, cause: Optional[BaseException] = None) -> None:
+    for ok, message in flags or ():
+        if not bool(ok):
+            raise ValueError(message) from cause
+
+
+def check_flag(ok: torch.Tensor, message: str) -> None:
+    """Require a 0-d bool tensor to be true: ValueError(message) otherwise, raised at once or at the end
+    of the enclosing :func:`deferred_checks` scope. Only when input checks are on."""
+    if not _CHECK_FINITE:
+        return
+    if _PENDING.flags is not None:
+        _PENDING.flags.append((ok, message))
+    elif not bool(ok):
+        raise ValueError(message)
+
+
 def check_finite(tensor: torch.Tensor, name: str) -> None:
-    """Raise ValueError if ``tensor`` holds NaN or inf (only when input checks are on)."""
-    if _CHECK_FINITE and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
+    """Raise ValueError if ``tensor`` holds NaN or inf (only when input checks are on; deferred inside an op)."""
+    if _CHECK_FINITE and tensor.is_floating_point():
+        check_flag(torch.isfinite(tensor).all(), f"{name} contains NaN or infinite values")
 
 
 def check_images(images, name: str = "images", *, allow_uint8: bool = True) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ._checks import check_probability
+from ._checks import check_flag, check_probability
 
 
 def to_soft_targets(targets: torch.Tensor, num_classes: int = None) -> torch.Tensor:
@@ -35,7 +35,12 @@ def to_soft_targets(targets: torch.Tensor, num_classes: int = None) -> torch.Ten
         raise ValueError("num_classes is needed to turn class indices into soft targets")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    return F.one_hot(targets.long(), num_classes).float()
+    index = targets.long()
+    # F.one_hot reads the maximum back to check it (a host sync); the range check joins the op's
+    # deferred checks instead, and the scatter never writes outside the row
+    check_flag(((index >= 0) & (index < num_classes)).all(), f"targets must be class indices in [0, {num_classes})")
+    soft = torch.zeros((index.shape[0], num_classes), dtype=torch.float32, device=index.device)
+    return soft.scatter_(1, index.clamp(0, num_classes - 1).view(-1, 1), 1.0)
 
 
 def smooth_targets(soft: torch.Tensor, label_smoothing: float) -> torch.Tensor:

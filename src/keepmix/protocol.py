@@ -23,7 +23,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from ._checks import check_generator, check_images, check_targets
+from ._checks import check_generator, check_images, check_targets, deferred_checks
 
 Batch = Tuple[torch.Tensor, Optional[torch.Tensor]]
 
@@ -46,11 +46,12 @@ class Op(abc.ABC):
         self.last_stats: Dict[str, torch.Tensor] = {}
 
     def __call__(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None, **kwargs) -> Batch:
-        check_images(images, allow_uint8=self.accepts_uint8)
-        if targets is not None:
-            check_targets(targets, images.shape[0])
-        # the op's maths in the batch's own dtype, whatever autocast the caller runs under
-        with torch.autocast(images.device.type, enabled=False):
+        # value checks of the whole call are read back with one sync at the end; the op's maths run in
+        # the batch's own dtype, whatever autocast the caller runs under
+        with deferred_checks(), torch.autocast(images.device.type, enabled=False):
+            check_images(images, allow_uint8=self.accepts_uint8)
+            if targets is not None:
+                check_targets(targets, images.shape[0])
             return self.apply(images, targets, **kwargs)
 
     @abc.abstractmethod

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _random
-from ._checks import SizeLike, check_generator, check_maps, check_probability, check_size
+from ._checks import SizeLike, check_flag, check_generator, check_maps, check_probability, check_size
 
 
 def _accumulator_dtype(device: torch.device) -> torch.dtype:
@@ -81,8 +81,8 @@ def window_scores_per_image(saliency: torch.Tensor, heights: torch.Tensor, width
             raise ValueError(f"{name} must be a tensor of shape ({batch},), one window size per map")
     heights = heights.to(saliency.device).long().view(batch, 1, 1)
     widths = widths.to(saliency.device).long().view(batch, 1, 1)
-    if bool(((heights < 1) | (heights > height) | (widths < 1) | (widths > width)).any()):
-        raise ValueError(f"heights and widths (window sizes) must lie in [1, {height}]×[1, {width}]")
+    check_flag(((heights >= 1) & (heights <= height) & (widths >= 1) & (widths <= width)).all(),
+               f"heights and widths (window sizes) must lie in [1, {height}]×[1, {width}]")
     top = torch.arange(height, device=saliency.device).view(1, height, 1)
     left = torch.arange(width, device=saliency.device).view(1, 1, width)
     valid = (top <= height - heights) & (left <= width - widths)

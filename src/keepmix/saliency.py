@@ -42,7 +42,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from . import _random
-from ._checks import check_generator, check_images, check_maps, check_positive, check_targets, input_checks_enabled
+from ._checks import check_flag, check_generator, check_images, check_maps, check_positive, check_targets
 from .convert import check_mean_std, normalize_images
 
 SaliencySource = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
@@ -132,9 +132,9 @@ def _logit_seed(logits: torch.Tensor, targets: Optional[torch.Tensor], reduce: s
         scale = grad.abs().amax(dim=1)
         return grad / scale.clamp_min(torch.finfo(torch.float32).tiny).view(-1, 1), scale
     # the range check reads a value back (a sync), so it runs with the input-checks switch
-    if input_checks_enabled() and bool(((targets < 0) | (targets >= classes)).any()):
-        raise ValueError(f"targets must be class indices in [0, {classes})")
-    label = F.one_hot(targets.detach().long(), classes).bool()
+    targets = targets.detach().long()
+    check_flag(((targets >= 0) & (targets < classes)).all(), f"targets must be class indices in [0, {classes})")
+    label = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, targets.clamp(0, classes - 1).view(-1, 1), True)
     if reduce == "max":
         return label.float(), torch.ones(batch, device=logits.device)
     if classes == 1:
