@@ -11,8 +11,8 @@ YAML (``0.05`` → float, ``[1, 2]`` → list, ``null`` → None) and then check
 Augmentations are data: ``ops`` is a list of mappings ``{name: <op>, <kwarg>: <value>, ...}``
 built through :func:`build_ops`, whose registry covers every :class:`~keepmix.protocol.Op`
 subclass that exists in ``keepmix.keep``, ``keepmix.mix``, ``keepmix.erase``, ``keepmix.mixers``,
-``keepmix.compose`` and ``keepmix.policies`` (looked up at build time). Values are resolved so a
-recipe never names Python objects:
+``keepmix.optmix``, ``keepmix.compose`` and ``keepmix.policies`` (looked up at build time). Values
+are resolved so a recipe never names Python objects:
 
 * ``saliency: model`` → the model being trained (unwrapped); ``saliency: early_head`` → the
   KeepAugment early head (created on demand, trained with the auxiliary loss);
@@ -562,8 +562,8 @@ def expand_arms(config: TrainConfig, only: Optional[Sequence[str]] = None) -> Li
 
 # --------------------------------------------------------------------------- the op registry
 
-OP_MODULES = ("keepmix.keep", "keepmix.mix", "keepmix.erase", "keepmix.mixers", "keepmix.compose",
-              "keepmix.policies", "keepmix.convert")
+OP_MODULES = ("keepmix.keep", "keepmix.mix", "keepmix.erase", "keepmix.mixers", "keepmix.optmix",
+              "keepmix.compose", "keepmix.policies", "keepmix.convert")
 
 #: recipe names for common settings of one class: name -> (class name, default kwargs)
 OP_PRESETS: Dict[str, Tuple[str, Dict[str, Any]]] = {
