@@ -206,7 +206,7 @@ PUBLIC_RANGE_ERRORS = {
     "gradient scale": (lambda: keepmix.GradientSaliency(nn.Linear(2, 2), scale=3.0), "scale"),
     "gradient reduce": (lambda: keepmix.GradientSaliency(nn.Linear(2, 2), reduce="l2"), "reduce"),
     "gradient bn": (lambda: keepmix.GradientSaliency(nn.Linear(2, 2), bn="none"), "bn"),
-    "op images ndim": (lambda: keepmix.KeepCutout(2)(torch.rand(3, 4, 4), None), "images"),
+    "op images ndim": (lambda: keepmix.KeepCutout(2)(torch.rand(1, 1, 3, 4, 4), None), "images"),
     "op targets batch": (lambda: keepmix.KeepCutout(2)(torch.rand(2, 3, 4, 4), torch.tensor([1])), "targets"),
 }
 

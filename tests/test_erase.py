@@ -125,7 +125,7 @@ def test_cutout_rejects_bad_arguments(kwargs, error):
 
 def test_cutout_rejects_bad_images():
     with pytest.raises(ValueError, match="images"):
-        Cutout(4)(torch.zeros(3, 8, 8), None)
+        Cutout(4)(torch.zeros(8, 8), None)  # 2-d: neither a batch nor one C×H×W image
     with pytest.raises(TypeError, match="images"):
         Cutout(4)(torch.zeros(1, 3, 8, 8, dtype=torch.int32), None)
 

@@ -214,7 +214,7 @@ def test_keep_cutout_errors():
     with pytest.raises(ValueError, match="saliency_maps"):
         KeepCutout(3)(x, None, saliency_maps=maps[:, :5])
     with pytest.raises(ValueError, match="images"):
-        KeepCutout(3)(x[0], None, saliency_maps=maps)
+        KeepCutout(3)(x[0, 0], None, saliency_maps=maps)  # 2-d: neither a batch nor one image
     with pytest.raises(TypeError, match="images"):
         KeepCutout(3)(x.long(), None, saliency_maps=maps)
     with pytest.raises(TypeError, match="generator"):
