@@ -84,9 +84,9 @@ def test_render_from_runs(tmp_path, monkeypatch):
     # keep − cutout: 10, 12, 8 → mean 10, sd 2, half-width 4.303·2/√3 = 4.97
     assert "- keep_cutout − cutout: +10.00 ± 2.00 (95 % CI +5.03 … +14.97)" in block
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{tool.BEGIN}\nold\n{tool.END}\noutro\n")
+    readme.write_text(f"intro\n{tool.BEGIN}\nSTALE\n{tool.END}\noutro\n")
     tool.rewrite(readme, block)
     text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith("\noutro\n") and "old" not in text
+    assert text.startswith("intro\n") and text.endswith("\noutro\n") and "STALE" not in text
     with pytest.raises(SystemExit, match="no"):
         tool.rewrite(tmp_path / "s0" / "printed.txt", block)

@@ -32,12 +32,35 @@ def test_window_scores_hand_computed():
 
 
 def test_integral_image_definition():
+    """table[b, i, j] = Σ_{r<i, c<j} round(s · 2^(k − e)) exactly (int64), e the peak's binary exponent."""
     s = _maps(2, 5, 4)
+    s[1] *= -3.0
     ii = integral_image(s)
-    assert ii.shape == (2, 6, 5) and ii.dtype == torch.float64
+    assert ii.table.shape == (2, 6, 5) and ii.table.dtype == torch.int64
+    down = (ii.down_a * ii.down_b).view(-1)
+    q = torch.round(s / down.view(-1, 1, 1)).long()
+    peak_bits = q.abs().amax(dim=(1, 2)).double().log2()
+    assert bool(((peak_bits > 61 - 5 - 1) & (peak_bits < 61 - 5)).all())      # k = 61 − ⌈log₂ 21⌉ = 56
     for i in range(6):
         for j in range(5):
-            assert torch.allclose(ii[:, i, j], s[:, :i, :j].double().sum(dim=(1, 2)))
+            assert torch.equal(ii.table[:, i, j], q[:, :i, :j].sum(dim=(1, 2)))
+            np.testing.assert_allclose(ii.values(ii.table[:, i, j].view(-1, 1, 1)).view(-1).numpy(),
+                                       s[:, :i, :j].double().sum(dim=(1, 2)).numpy(), rtol=1e-6, atol=1e-12)
+    zero = integral_image(torch.zeros(1, 3, 3))
+    assert torch.equal(zero.table, torch.zeros(1, 4, 4, dtype=torch.long))
+    for scale in (1e-30, 1e30):                                         # far from 1: two-step factors
+        tiny = integral_image(s * scale)
+        np.testing.assert_allclose(tiny.values(tiny.table[:, -1:, -1:]).view(-1).numpy() / scale,
+                                   s.double().sum(dim=(1, 2)).numpy(), rtol=1e-5)
+
+
+def test_window_scores_of_tiny_windows_next_to_large_ones_are_exact():
+    """A float32 prefix sum would lose a 1e-6 window beside a 1e3 one; the fixed-point table does not."""
+    maps = torch.full((1, 8, 64), 1e-6)
+    maps[0, :, :8] = 1e3
+    scores = window_scores(maps, (1, 1))
+    np.testing.assert_allclose(scores[0, :, 40:].numpy(), 1e-6, rtol=1e-5)
+    np.testing.assert_allclose(window_scores(maps, (8, 56))[0, 0, 8].item(), 8 * 56 * 1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("shape,size", [((3, 64, 64), (16, 16)), ((2, 64, 64), (1, 1)), ((2, 64, 64), (64, 64)),

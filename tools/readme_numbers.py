@@ -87,7 +87,15 @@ def render(seeds) -> str:
     for a, b in PAIRS:
         mean, sd, half = interval([results[s][a] - results[s][b] for s in seeds])
         out.append(f"- {a} − {b}: {mean:+.2f} ± {sd:.2f} (95 % CI {mean - half:+.2f} … {mean + half:+.2f})")
-    out += ["", "Written by `python tools/readme_numbers.py` from the runs it made.", "", END]
+    wins = {pair: sum(results[s][pair[0]] > results[s][pair[1]] for s in seeds) for pair in PAIRS}
+    keep_ci = interval([results[s]["keep_cutout"] - results[s]["cutout"] for s in seeds])
+    null_mean = interval([results[s]["keep_cutout_random"] - results[s]["cutout"] for s in seeds])[0]
+    verdict = ("holds: the interval excludes 0" if keep_ci[0] - keep_ci[2] > 0 else
+               "inconclusive at 95 %: the interval includes 0")
+    out += ["", f"Reading: KeepCutout beat Cutout on {wins[PAIRS[0]]} of {len(seeds)} seeds and its null control on "
+                f"{wins[PAIRS[2]]} of {len(seeds)}; the null control beat Cutout on {wins[PAIRS[1]]} of {len(seeds)} "
+                f"(mean {null_mean:+.2f} points). The claim that KeepCutout beats Cutout here: {verdict}.",
+            "", "Written by `python tools/readme_numbers.py` from the runs it made.", "", END]
     return "\n".join(out)
 
 

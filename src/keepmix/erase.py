@@ -219,10 +219,8 @@ class RandomErasing(Op):
         h, w, found = random_erasing_sizes(batch, height, width, self.scale, self.ratio, self.attempts, device,
                                             self.generator)
         # uniform corner among the positions that keep the rectangle inside the image
-        top = (_random.rand((batch,), device, self.generator, torch.float64) * (height - h + 1)).floor().long()
-        left = (_random.rand((batch,), device, self.generator, torch.float64) * (width - w + 1)).floor().long()
-        top = torch.minimum(top, height - h)
-        left = torch.minimum(left, width - w)
+        top = _random.below(height - h + 1, self.generator)
+        left = _random.below(width - w + 1, self.generator)
         erased = found & (_random.rand((batch,), device, self.generator) < self.p)
         mask = box_masks(top, left, h, w, (height, width)) & erased.view(-1, 1, 1)
         self.last_stats = {"erased": erased, "boxes": torch.stack([top, left, h, w], dim=1),
@@ -310,8 +308,8 @@ class GridMask(Op):
         gen = self.generator
         d = _random.randint(self.d_range[0], self.d_range[1] + 1, (batch,), device, gen)
         band = self.band_width(d)
-        offset_y = (_random.rand((batch,), device, gen, torch.float64) * d).floor().long().minimum(d - 1)
-        offset_x = (_random.rand((batch,), device, gen, torch.float64) * d).floor().long().minimum(d - 1)
+        offset_y = _random.below(d, gen)
+        offset_x = _random.below(d, gen)
         angle = _random.rand((batch,), device, gen) * self.rotate
         applied = _random.rand((batch,), device, gen) < self.p
 

@@ -66,15 +66,9 @@ def pairing_maps(maps: torch.Tensor, blur: bool = True) -> torch.Tensor:
     return normalize_sum(maps)
 
 
-def _uniform_below(high: torch.Tensor, device, generator) -> torch.Tensor:
-    """One integer per image, uniform on {0, …, high[b] − 1} (high ≥ 1), from one uniform draw."""
-    u = _random.rand(tuple(high.shape), device, generator, dtype=torch.float64)
-    return (u * high.double()).floor().long().clamp_max(high - 1)
-
-
 def _cut_sizes(lam: torch.Tensor, size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
     """CutMix's box sides for a kept share λ: h = round(H √(1 − λ)), w = round(W √(1 − λ))."""
-    cut = torch.sqrt((1.0 - lam.double()).clamp(0.0, 1.0))
+    cut = torch.sqrt((1.0 - lam.float()).clamp(0.0, 1.0))
     return (cut * size[0]).round().long(), (cut * size[1]).round().long()
 
 
@@ -210,8 +204,8 @@ class CutMix(_Mixer):
         lam_drawn = self._lam(batch, device)
         cut_h, cut_w = _cut_sizes(lam_drawn, (height, width))
         if self.inside:  # the whole box inside: the top-left corner uniform where it fits
-            centre_y = _uniform_below(height - cut_h + 1, device, self.generator) + cut_h // 2
-            centre_x = _uniform_below(width - cut_w + 1, device, self.generator) + cut_w // 2
+            centre_y = _random.below(height - cut_h + 1, self.generator) + cut_h // 2
+            centre_x = _random.below(width - cut_w + 1, self.generator) + cut_w // 2
         else:
             centre_y = _random.randint(0, height, (batch,), device, self.generator)
             centre_x = _random.randint(0, width, (batch,), device, self.generator)
@@ -312,11 +306,11 @@ def resize_boxes_into(source: torch.Tensor, src_box: Tuple[torch.Tensor, ...], d
     """
     rows, cols = size
     device = source.device
-    t, l, h, w = (v.double() for v in src_box)
-    t2, l2, h2, w2 = (v.double() for v in dst_box)
+    t, l, h, w = (v.float() for v in src_box)
+    t2, l2, h2, w2 = (v.float() for v in dst_box)
     h, w, h2, w2 = h.clamp_min(1), w.clamp_min(1), h2.clamp_min(1), w2.clamp_min(1)
-    y = torch.arange(rows, device=device, dtype=torch.float64).view(1, -1)
-    x = torch.arange(cols, device=device, dtype=torch.float64).view(1, -1)
+    y = torch.arange(rows, device=device, dtype=torch.float32).view(1, -1)
+    x = torch.arange(cols, device=device, dtype=torch.float32).view(1, -1)
     sy = t.view(-1, 1) + (y - t2.view(-1, 1) + 0.5) * (h / h2).view(-1, 1) - 0.5
     sx = l.view(-1, 1) + (x - l2.view(-1, 1) + 0.5) * (w / w2).view(-1, 1) - 0.5
     sy = torch.minimum(torch.maximum(sy, t.view(-1, 1)), (t + h - 1).view(-1, 1))

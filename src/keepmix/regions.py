@@ -8,8 +8,8 @@ strictly above it (selective paste). This module does that for a whole batch
 at once:
 
 * :func:`window_scores` — every full h×w window's sum, B×(H−h+1)×(W−w+1), in
-  O(HW) per image from an integral image (accumulated in float64 where the
-  device has it, so float32 results are exact to ~1e-7 relative).
+  O(HW) per image from an integral image in exact int64 fixed point (float32
+  results accurate to ~1e-7 relative for every window; no float64 on the device).
 * :func:`window_scores_per_image` — the same when each image has its own
   window size (Random Erasing, CutMix), over a common grid with a validity mask.
 * :func:`quantile_threshold` — the per-image τ-quantile (linear interpolation,
@@ -23,6 +23,7 @@ at once:
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -32,14 +33,37 @@ from . import _random
 from ._checks import SizeLike, check_flag, check_generator, check_maps, check_probability, check_size
 
 
-def _accumulator_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64
+class IntegralImage(NamedTuple):
+    """A zero-padded integral image in exact fixed point.
+
+    ``table[b, i, j] = Σ_{r<i, c<j} q[b, r, c]`` (int64, B×(H+1)×(W+1)) with
+    ``q = round(s · 2^(k − e_b))``: e_b is the binary exponent of max|s_b| (max|s_b| =
+    m·2^e_b, ½ ≤ m < 1) and k = 61 − ⌈log₂(HW + 1)⌉, so |q| < 2^k and no sum can overflow.
+    The scaling is by powers of two, so integer-valued maps are represented exactly, and any
+    window sum is the exact integer difference of four entries, turned back into float32 by
+    :meth:`values`: accurate to float32 rounding for every window, small or large (a float32
+    prefix sum would lose the small windows next to a large running total), with no float64
+    on the device. ``down``: B×1×1 float32 factor 2^(e_b − k), applied in two steps.
+    """
+    table: torch.Tensor
+    down_a: torch.Tensor
+    down_b: torch.Tensor
+
+    def values(self, exact: torch.Tensor) -> torch.Tensor:
+        """Integer sums (int64, any shape broadcasting with B×1×1) → float32 sums of the original map."""
+        return exact.float() * self.down_a * self.down_b
 
 
-def integral_image(saliency: torch.Tensor) -> torch.Tensor:
-    """Zero-padded integral image B×(H+1)×(W+1): ``I[b, i, j] = Σ_{r<i, c<j} s[b, r, c]`` (float64)."""
-    s = saliency.to(_accumulator_dtype(saliency.device))
-    return F.pad(s.cumsum(dim=1).cumsum(dim=2), (1, 0, 1, 0))
+def integral_image(saliency: torch.Tensor) -> IntegralImage:
+    """The :class:`IntegralImage` of maps B×H×W (any float dtype; computed from float32 values)."""
+    s = saliency.float()
+    height, width = s.shape[-2:]
+    bits = 61 - math.ceil(math.log2(height * width + 1))
+    exponent = torch.frexp(s.abs().amax(dim=(1, 2), keepdim=True)).exponent.float()
+    half = torch.floor(exponent / 2)  # two power-of-two factors, each inside float32's range
+    down_a, down_b = torch.pow(2.0, half - bits), torch.pow(2.0, exponent - half)
+    q = torch.round(s / down_b / down_a).long()
+    return IntegralImage(F.pad(q.cumsum(dim=1).cumsum(dim=2), (1, 0, 1, 0)), down_a, down_b)
 
 
 def window_scores(saliency: torch.Tensor, size: SizeLike) -> torch.Tensor:
@@ -60,8 +84,8 @@ def window_scores(saliency: torch.Tensor, size: SizeLike) -> torch.Tensor:
     if h > height or w > width:
         raise ValueError(f"size ({h}, {w}) must fit inside the {height}×{width} maps")
     ii = integral_image(saliency)
-    scores = ii[:, h:, w:] - ii[:, :-h, w:] - ii[:, h:, :-w] + ii[:, :-h, :-w]
-    return scores.float()
+    table = ii.table
+    return ii.values(table[:, h:, w:] - table[:, :-h, w:] - table[:, h:, :-w] + table[:, :-h, :-w])
 
 
 def window_scores_per_image(saliency: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor
@@ -91,18 +115,19 @@ def window_scores_per_image(saliency: torch.Tensor, heights: torch.Tensor, width
     return torch.where(valid, scores, torch.zeros_like(scores)), valid
 
 
-def _box_sums(ii: torch.Tensor, top, left, bottom, right) -> torch.Tensor:
-    """Σ over rows [top, bottom) × cols [left, right) from a zero-padded integral image
-    B×(H+1)×(W+1); the bounds broadcast to B×H×W (one box per grid cell). Returns float32."""
-    batch, rows, cols = ii.shape[0], ii.shape[1] - 1, ii.shape[2] - 1
-    flat = ii.flatten(1)
+def _box_sums(ii: IntegralImage, top, left, bottom, right) -> torch.Tensor:
+    """Σ over rows [top, bottom) × cols [left, right) from an :class:`IntegralImage`; the bounds
+    broadcast to B×H×W (one box per grid cell). Returns float32."""
+    table = ii.table
+    batch, rows, cols = table.shape[0], table.shape[1] - 1, table.shape[2] - 1
+    flat = table.flatten(1)
     stride = cols + 1
 
     def corner(r, c):
         index = (r * stride + c).expand(batch, rows, cols).reshape(batch, -1)
         return flat.gather(1, index).view(batch, rows, cols)
 
-    return (corner(bottom, right) - corner(top, right) - corner(bottom, left) + corner(top, left)).float()
+    return ii.values(corner(bottom, right) - corner(top, right) - corner(bottom, left) + corner(top, left))
 
 
 def quantile_threshold(scores: torch.Tensor, tau: float, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -131,10 +156,11 @@ def quantile_threshold(scores: torch.Tensor, tau: float, valid: Optional[torch.T
         valid = valid.flatten(1)
         count = valid.sum(dim=1)
         ordered = torch.where(valid, flat, torch.full_like(flat, float("inf"))).sort(dim=1).values
-    pos = tau * (count - 1).clamp_min(0).double()
-    lo = pos.floor().long()
-    hi = pos.ceil().long()
-    frac = (pos - lo.double()).float()
+    last = (count - 1).clamp_min(0)
+    pos = last.float() * tau  # float32: an error in pos moves q continuously (interpolation), never a jump
+    lo = pos.floor().long().clamp_max(last)
+    hi = pos.ceil().long().clamp_max(last)
+    frac = (pos - lo.float()).clamp(0.0, 1.0)
     v_lo = ordered.gather(1, lo.view(-1, 1)).squeeze(1)
     v_hi = ordered.gather(1, hi.view(-1, 1)).squeeze(1)
     # v_lo + frac·(v_hi − v_lo) without inf − inf when frac is 0
@@ -169,7 +195,7 @@ def sample_windows(scores: torch.Tensor, threshold: torch.Tensor, below: bool = 
         scores: B×nH×nW window scores (e.g. from :func:`window_scores`).
         threshold: (B,) per-image thresholds.
         below: True for selective cut, False for selective paste.
-        generator: optional ``torch.Generator``; one uniform draw per image.
+        generator: optional ``torch.Generator``; one integer draw per image.
         valid: optional bool mask B×nH×nW of windows that exist.
     """
     check_generator(generator)
@@ -189,9 +215,7 @@ def sample_windows(scores: torch.Tensor, threshold: torch.Tensor, below: bool = 
     fallback = ~strict.any(dim=1)
     eligible = torch.where(fallback.view(-1, 1), loose, strict)
     running = eligible.long().cumsum(dim=1)
-    count = running[:, -1]
-    u = _random.rand((batch,), flat.device, generator, dtype=torch.float64)
-    k = (u * count.double()).floor().long().clamp_max(count - 1).clamp_min(0)
+    k = _random.below(running[:, -1], generator)  # the k-th eligible window, k uniform (exact integers)
     index = torch.searchsorted(running, (k + 1).view(-1, 1)).squeeze(1)
     return WindowSample(index // n_w, index % n_w, fallback)
 
