@@ -247,3 +247,12 @@ def test_registry_names_and_recipe_arms(make_tiny_net):
         assert out.shape == x.shape and soft.shape == (4, 5)
     arms = dict(expand_arms(load_recipe(find_recipe("guidedmixup/t1_cifar100_preact_resnet18"))))
     assert arms["puzzle_mix"].ops[0]["name"] == "puzzle_mix" and arms["co_mixup"].ops[0]["name"] == "co_mixup"
+
+
+def test_ops_are_modules_that_never_hold_the_model(make_tiny_net):
+    net = make_tiny_net(num_classes=5)
+    for op in (PuzzleMix(net, 5), CoMixup(net, 5)):
+        assert isinstance(op, torch.nn.Module) and op.state_dict() == {} and list(op.children()) == []
+        op.to(torch.float64)
+        assert all(p.dtype == torch.float32 for p in net.parameters())
+        assert type(op).__name__ + "(" in repr(op)

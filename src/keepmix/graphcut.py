@@ -368,9 +368,9 @@ class BlockGrid(NamedTuple):
         return self.row_block(device).view(-1, 1) * self.cols + self.col_block(device).view(1, -1)
 
     def areas(self, device=None) -> torch.Tensor:
-        """Pixel count of every block: float64 (n,)."""
-        heights = torch.bincount(self.row_block(device), minlength=self.rows).double()
-        widths = torch.bincount(self.col_block(device), minlength=self.cols).double()
+        """Pixel count of every block: int64 (n,)."""
+        heights = torch.bincount(self.row_block(device), minlength=self.rows)
+        widths = torch.bincount(self.col_block(device), minlength=self.cols)
         return (heights.view(-1, 1) * widths.view(1, -1)).flatten()
 
     def centres(self) -> np.ndarray:

@@ -198,7 +198,7 @@ class PuzzleMix(_Mixer):
         seams = gc.seam_costs(x * scale, x.index_select(0, partner) * scale, grid)  # B×E
         # one transfer to the host for the whole batch
         host = torch.cat([block_sal, block_sal.index_select(0, partner), seams,
-                          lam_drawn.float().view(-1, 1), mixed.float().view(-1, 1)], dim=1).double().cpu().numpy()
+                          lam_drawn.float().view(-1, 1), mixed.float().view(-1, 1)], dim=1).cpu().double().numpy()
         n, n_edges = grid.n, seams.shape[1]
         sal_own, sal_par = host[:, :n], host[:, n:2 * n]
         seam_np, lam_np, chosen = host[:, 2 * n:2 * n + n_edges], host[:, -2], host[:, -1] > 0.5
@@ -365,7 +365,7 @@ class CoMixup(Op):
         safe = members.clamp_min(0)
         grouped = block_sal[safe] * valid.unsqueeze(2)  # G×m×n
         update = selected[safe] & valid
-        host = torch.cat([grouped.flatten(1), update.float(), valid.float()], dim=1).double().cpu().numpy()
+        host = torch.cat([grouped.flatten(1), update.float(), valid.float()], dim=1).cpu().double().numpy()
         count, size = members.shape
         sal_np = host[:, :size * n].reshape(count, size, n)
         update_np = host[:, size * n:size * (n + 1)] > 0.5
