@@ -6,7 +6,7 @@ point: image i is mixed with image ``partner[i]``.
 * :func:`saliency_distance` — the B×B Euclidean distances between flattened
   saliency maps (GuidedMixup's pair compatibility), without a B·B·HW tensor.
 * :func:`greedy_pairing` — GuidedMixup's greedy farthest-first single cycle
-  (its Algorithm 1), entirely on the device.
+  (its Algorithm 1), one custom operator (NumPy on the CPU, device steps elsewhere).
 * :func:`random_pairing` — a uniformly random single cycle (a derangement).
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 
 from . import _random
@@ -44,8 +45,13 @@ def greedy_pairing(distance: torch.Tensor) -> torch.Tensor:
 
     The visiting order v₀ = r, v₁ = c, v₂, … gives ``partner[v_k] = v_{k+1}`` and
     ``partner[v_{B−1}] = v₀``: a single B-cycle, no fixed point for B ≥ 2
-    (``partner = [0]`` for B = 1). O(B²) work in B small device steps; no value
-    is copied to the host.
+    (``partner = [0]`` for B = 1).
+
+    The B steps are inherently sequential. They run inside one custom operator,
+    ``keepmix::greedy_order`` (opaque to ``torch.compile``, so an op using it still
+    compiles with ``fullgraph=True``): on the CPU as one NumPy pass over the B×B matrix
+    (O(B²), no tensor kernels per step); on an accelerator as B small device steps
+    with no host sync. Measured choices are in ``benchmarks/launches.py``.
 
     Args:
         distance: B×B float matrix (need not be symmetric; NaN is rejected when
@@ -59,27 +65,63 @@ def greedy_pairing(distance: torch.Tensor) -> torch.Tensor:
     if not distance.is_floating_point():
         raise TypeError(f"distance must be floating point, got {distance.dtype}")
     check_finite(distance, "distance")
+    if distance.shape[0] == 1:
+        return torch.zeros(1, dtype=torch.long, device=distance.device)
+    return _cycle_partner(_greedy_order(distance))
+
+
+def _greedy_order_numpy(distance: np.ndarray) -> np.ndarray:
+    """The visiting order of the greedy cycle, on the host (the reference semantics)."""
     batch = distance.shape[0]
-    device = distance.device
-    if batch == 1:
-        return torch.zeros(1, dtype=torch.long, device=device)
-    ninf = torch.tensor(float("-inf"), dtype=distance.dtype, device=device)
-    eye = torch.eye(batch, dtype=torch.bool, device=device)
-    d = torch.where(eye, ninf, distance)
-    first = d.flatten().argmax()
-    start, current = first // batch, first % batch
-    order = torch.empty(batch, dtype=torch.long, device=device)
-    order[0] = start
-    order[1] = current
-    visited = torch.zeros(batch, dtype=torch.bool, device=device)
-    visited[start] = True
-    visited[current] = True
+    d = np.array(distance, dtype=np.float64, copy=True)
+    np.fill_diagonal(d, -np.inf)
+    start, current = divmod(int(np.argmax(d)), batch)  # first maximum in row-major order
+    order = np.empty(batch, dtype=np.int64)
+    order[0], order[1] = start, current
+    visited = np.zeros(batch, dtype=bool)
+    visited[start] = visited[current] = True
     for step in range(2, batch):
-        row = torch.where(visited, ninf, d.index_select(0, current.view(1)).squeeze(0))
-        current = row.argmax()
+        current = int(np.argmax(np.where(visited, -np.inf, d[current])))  # ties: lowest index
         order[step] = current
         visited[current] = True
-    return _cycle_partner(order)
+    return order
+
+
+def _greedy_order_device(distance: torch.Tensor) -> torch.Tensor:
+    """The same order as B small steps on the tensor's device, with no host sync."""
+    batch = distance.shape[0]
+    ninf = torch.full((), float("-inf"), dtype=distance.dtype, device=distance.device)
+    d = torch.where(torch.eye(batch, dtype=torch.bool, device=distance.device), ninf, distance)
+    first = d.flatten().argmax()
+    current = torch.remainder(first, batch)
+    order = torch.empty(batch, dtype=torch.long, device=distance.device)
+    order[0] = torch.div(first, batch, rounding_mode="floor")
+    order[1] = current
+    visited = torch.zeros(batch, dtype=torch.bool, device=distance.device)
+    visited.index_fill_(0, order[:2], True)
+    for step in range(2, batch):
+        current = torch.where(visited, ninf, d.index_select(0, current.view(1)).squeeze(0)).argmax()
+        order[step] = current
+        visited.index_fill_(0, current.view(1), True)
+    return order
+
+
+def _greedy_order_impl(distance: torch.Tensor) -> torch.Tensor:
+    if distance.device.type == "cpu":
+        return torch.from_numpy(_greedy_order_numpy(distance.detach().numpy()))
+    return _greedy_order_device(distance.detach())
+
+
+if hasattr(torch.library, "custom_op"):  # torch ≥ 2.4: one opaque operator, traceable by torch.compile
+    @torch.library.custom_op("keepmix::greedy_order", mutates_args=())
+    def _greedy_order(distance: torch.Tensor) -> torch.Tensor:
+        return _greedy_order_impl(distance)
+
+    @_greedy_order.register_fake
+    def _(distance: torch.Tensor) -> torch.Tensor:
+        return distance.new_empty((distance.shape[0],), dtype=torch.long)
+else:  # pragma: no cover - older torch: the same function, called directly
+    _greedy_order = _greedy_order_impl
 
 
 def random_pairing(batch_size: int, generator: Optional[torch.Generator] = None,
