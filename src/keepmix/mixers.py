@@ -76,6 +76,8 @@ class _Mixer(Op):
     """Shared plumbing: num_classes, α, per-image probability, pairing, generator."""
 
     mixes_labels = True
+    #: "elem": λ, box and mixing decision per image; "batch": one of each for the whole batch (Mixup, CutMix)
+    lam_mode = "elem"
 
     def __init__(self, num_classes: Optional[int], alpha: Optional[float], prob: float, pairing,
                  generator: Optional[torch.Generator]):
@@ -94,10 +96,14 @@ class _Mixer(Op):
         to_soft_targets(targets[:1], self.num_classes)  # fail early on missing or mismatched num_classes
 
     def _lam(self, batch: int, device) -> torch.Tensor:
+        if self.lam_mode == "batch":  # one λ for the whole batch (timm's mode="batch")
+            return _random.beta(self.alpha, self.alpha, (1,), device, self.generator).repeat(batch)
         return _random.beta(self.alpha, self.alpha, (batch,), device, self.generator)
 
     def _selected(self, batch: int, device) -> torch.Tensor:
-        """Per-image mixing decision: U < prob (never for a batch of one)."""
+        """Per-image mixing decision: U < prob (never for a batch of one); one decision with ``lam_mode="batch"``."""
+        if self.lam_mode == "batch":
+            return (_random.rand((1,), device, self.generator) < self.prob).repeat(batch) & (batch >= 2)
         chosen = _random.rand((batch,), device, self.generator) < self.prob
         return chosen & (batch >= 2)
 
@@ -121,13 +127,15 @@ class Mixup(_Mixer):
 
     Like timm's ``mode="elem"`` but paired by a derangement (or GuidedMixup's
     greedy pairing) instead of flipping the batch, and seeded through torch. An
-    image not selected (probability 1 − ``prob``) keeps λ_i = 1.
+    image not selected (probability 1 − ``prob``) keeps λ_i = 1. ``lam_mode="batch"`` draws one λ ~ Beta(α, α) and one
+    mixing decision (probability ``prob``) for the whole batch, as timm's default ``mode="batch"``.
 
     Args:
         num_classes: K, needed for class-index targets.
         alpha: Beta parameter α (1.0; 0.2–0.4 on ImageNet in the paper).
-        prob: per-image mixing probability.
+        prob: per-image mixing probability (per batch with ``lam_mode="batch"``).
         pairing: ``"random"``, ``"greedy"`` or a callable ``maps -> partner``.
+        lam_mode: ``"elem"`` (a λ per image, default) or ``"batch"`` (one λ per batch).
         generator: optional ``torch.Generator``.
 
     Shapes: images B×C×H×W (float or uint8), targets (B,) int64 or B×K →
@@ -136,8 +144,12 @@ class Mixup(_Mixer):
     """
 
     def __init__(self, num_classes: Optional[int] = None, alpha: float = 1.0, *, prob: float = 1.0,
-                 pairing="random", generator: Optional[torch.Generator] = None):
+                 pairing="random", lam_mode: str = "elem", generator: Optional[torch.Generator] = None):
         super().__init__(num_classes, alpha, prob, pairing, generator)
+        self.lam_mode = _check_lam_mode(lam_mode)
+
+    def _repr_fields(self):
+        return {**super()._repr_fields(), "lam_mode": self.lam_mode}
 
     def apply(self, images, targets) -> Batch:
         self._require_targets(targets)
@@ -148,6 +160,12 @@ class Mixup(_Mixer):
         partner = self._partner(images)
         self.last_stats = {"lam": lam, "partner": partner, "mixed": mixed}
         return mix_images(images, partner, lam), mix_targets(targets, partner, lam, self.num_classes)
+
+
+def _check_lam_mode(lam_mode) -> str:
+    if lam_mode not in ("elem", "batch"):
+        raise ValueError(f"lam_mode must be 'elem' (per image) or 'batch' (one λ per batch), got {lam_mode!r}")
+    return lam_mode
 
 
 def _paste_box(images: torch.Tensor, partner: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -171,15 +189,18 @@ class CutMix(_Mixer):
     (continuous limit; a centre uniform on the image). ``inside=True`` places the
     whole h×w box inside the image instead (top-left corner uniform where it fits),
     so λ = 1 − hw/(HW) exactly: the box family of :class:`keepmix.keep.KeepCutMix`
-    with its default full windows, and its fair baseline.
+    with its default full windows, and its fair baseline. ``lam_mode="batch"`` draws one λ̂,
+    one box (size and centre) and one mixing decision for the whole batch, as timm's
+    default ``mode="batch"``.
 
     Args:
         num_classes: K, needed for class-index targets.
         alpha: Beta parameter (1.0 as CutMix).
-        prob: per-image mixing probability.
+        prob: per-image mixing probability (per batch with ``lam_mode="batch"``).
         pairing: ``"random"``, ``"greedy"`` or a callable.
         correct_lam: label weight from the clipped area (True) or the drawn λ̂.
         inside: boxes wholly inside the image instead of centred anywhere and clipped.
+        lam_mode: ``"elem"`` (a λ and box per image, default) or ``"batch"`` (one per batch).
         generator: optional ``torch.Generator``.
 
     Shapes: as :class:`Mixup`. ``last_stats``: ``lam`` (label weight used),
@@ -188,14 +209,16 @@ class CutMix(_Mixer):
     """
 
     def __init__(self, num_classes: Optional[int] = None, alpha: float = 1.0, *, prob: float = 1.0,
-                 pairing="random", correct_lam: bool = True, inside: bool = False,
+                 pairing="random", correct_lam: bool = True, inside: bool = False, lam_mode: str = "elem",
                  generator: Optional[torch.Generator] = None):
         super().__init__(num_classes, alpha, prob, pairing, generator)
         self.correct_lam = bool(correct_lam)
         self.inside = bool(inside)
+        self.lam_mode = _check_lam_mode(lam_mode)
 
     def _repr_fields(self):
-        return {**super()._repr_fields(), "correct_lam": self.correct_lam, "inside": self.inside}
+        return {**super()._repr_fields(), "correct_lam": self.correct_lam, "inside": self.inside,
+                "lam_mode": self.lam_mode}
 
     def apply(self, images, targets) -> Batch:
         self._require_targets(targets)
@@ -209,6 +232,8 @@ class CutMix(_Mixer):
         else:
             centre_y = _random.randint(0, height, (batch,), device, self.generator)
             centre_x = _random.randint(0, width, (batch,), device, self.generator)
+        if self.lam_mode == "batch":  # one box for the whole batch
+            centre_y, centre_x = centre_y[:1].repeat(batch), centre_x[:1].repeat(batch)
         mixed = self._selected(batch, device)
         top, left, box_h, box_w = clipped_boxes(centre_y, centre_x, cut_h, cut_w, (height, width))
         box_h, box_w = box_h * mixed, box_w * mixed
