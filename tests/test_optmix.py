@@ -136,6 +136,12 @@ def test_puzzlemix_degenerate_batches():
     assert out.dtype == torch.uint8 and out.shape == x.shape
     assert torch.equal(op.last_stats["partner"], torch.tensor([1, 0]))
     assert torch.isfinite(soft).all() and torch.allclose(soft.sum(1), torch.ones(2))
+    # half precision and GuidedMixup's greedy pairing
+    greedy = PuzzleMix(num_classes=3, pairing="greedy", generator=gen(0))
+    x = torch.randn(5, 3, 16, 16).half()
+    out, soft = greedy(x, torch.tensor([0, 1, 2, 0, 1]), saliency_maps=blob_maps(5, 16, 16))
+    assert out.dtype == torch.float16 and torch.isfinite(out).all() and soft.dtype == torch.float32
+    assert sorted(greedy.last_stats["partner"].tolist()) == list(range(5))
     # nobody selected: unchanged images, λ = 1
     none = PuzzleMix(num_classes=3, prob=0.0, generator=gen(0))
     x = torch.randn(4, 3, 8, 8)

@@ -11,10 +11,11 @@ batch in one graph per move, and leave the model exactly as found.
 device; the graph cuts run on the CPU: the block costs of the whole batch are copied to the host once
 and the labels back once per call (plus, for transport, one flag read per auction round).
 
-**The papers' full texts** were not at hand while this was written (only their abstracts and the
-published hyper-parameters in ``docs``); the objectives below are keepmix's reading, with each paper's
-terms, names and default values, and are documented term by term so that they can be checked and
-changed. Where a choice was ours it says so.
+**The papers' full texts** were not at hand while this was written (only their abstracts and their
+published default hyper-parameters); the objectives below are keepmix's reading, with each paper's
+terms, names and default values, documented term by term so that they can be checked against the
+papers and changed. Where a choice was ours (scales, the seam cost, the reading of Co-Mixup's τ and
+η) it says so.
 
 Needs SciPy: ``pip install 'keepmix[optmix]'`` (constructing either op without it raises ImportError
 naming the extra).
