@@ -61,7 +61,7 @@ def deferred_checks() -> Iterator[None]:
     checks off nothing is recorded and nothing syncs. A failed check is raised after the op's
     tensor work and before its result is returned (that work never hangs on NaN).
     """
-    if _PENDING.flags is not None:  # nested: the outermost scope reads everything back
+    if _PENDING.flags is not None or torch.compiler.is_compiling():  # nested: the outer scope reads back
         yield
         return
     flags: List[Tuple[torch.Tensor, str]] = []
@@ -76,7 +76,8 @@ def deferred_checks() -> Iterator[None]:
         _PENDING.flags = None
     if flags:
         device = flags[0][0].device
-        if not bool(torch.stack([ok.to(device) for ok, _ in flags]).all()):  # the one sync
+        ok = flags[0][0] if len(flags) == 1 else torch.stack([f.to(device) for f, _ in flags]).all()
+        if not bool(ok):  # the one sync
             _raise_failed(flags)
 
 
@@ -89,7 +90,7 @@ def _raise_failed(flags, cause: Optional[BaseException] = None) -> None:
 def check_flag(ok: torch.Tensor, message: str) -> None:
     """Require a 0-d bool tensor to be true: ValueError(message) otherwise, raised at once or at the end
     of the enclosing :func:`deferred_checks` scope. Only when input checks are on."""
-    if not _CHECK_FINITE:
+    if not _CHECK_FINITE or torch.compiler.is_compiling():
         return
     if _PENDING.flags is not None:
         _PENDING.flags.append((ok, message))

@@ -19,6 +19,7 @@ KeepAugment's selective cut. There is deliberately no ``KeepGridMask``: see
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Optional, Sequence, Tuple, Union
@@ -27,7 +28,7 @@ import torch
 
 from . import _random
 from ._checks import SizeLike, check_probability, check_range, check_size
-from .protocol import Batch, Op, restore_dtype, to_float
+from .protocol import Batch, Op, Stats, restore_dtype, to_float
 from .regions import box_masks
 
 FillValue = Union[float, Sequence[float], str]
@@ -39,14 +40,23 @@ def _check_count(value, name: str) -> int:
     return int(value)
 
 
-def _fill_values(value, images: torch.Tensor, mask: torch.Tensor, generator) -> torch.Tensor:
-    """The values written into erased pixels, broadcastable to images (float work dtype)."""
-    if isinstance(value, str):  # "random": N(0, 1) per pixel (normalised images) or U{0..255} (uint8)
+@functools.lru_cache(maxsize=64)
+def _channel_fill(values: Tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A per-channel fill as a cached 1×C×1×1 tensor (no tensor creation per call)."""
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.tensor(values, dtype=dtype, device=device).view(1, -1, 1, 1)
+
+
+def _fill_values(value, images: torch.Tensor, generator):
+    """What is written into erased pixels: a Python number, a cached 1×C×1×1 tensor, or a random
+    B×C×H×W tensor (``"random"``: N(0, 1) per pixel for float images, U{0..255} for uint8)."""
+    if isinstance(value, str):
         if images.dtype == torch.uint8:
-            return _random.randint(0, 256, images.shape, images.device, generator).float()
-        return _random.randn(images.shape, images.device, generator).to(to_float(images).dtype)
-    fill = torch.as_tensor(value, dtype=torch.float32, device=images.device)
-    return fill.view(1, -1, 1, 1) if fill.ndim == 1 else fill
+            return _random.randint(0, 256, images.shape, images.device, generator).to(torch.uint8)
+        return _random.randn(images.shape, images.device, generator, dtype=images.dtype)
+    if isinstance(value, tuple):
+        return _channel_fill(value, images.dtype if images.dtype != torch.uint8 else torch.float32, images.device)
+    return value
 
 
 def check_fill_value(value):
@@ -72,14 +82,17 @@ def check_fill_channels(value, channels: int, name: str = "value") -> None:
 
 
 def erase_masked(images: torch.Tensor, mask: torch.Tensor, value, generator) -> torch.Tensor:
-    """Fill the pixels under ``mask`` (B×H×W bool) with ``value``; returns the input dtype.
+    """Fill the pixels under ``mask`` (B×H×W bool) with ``value``; returns the input's dtype.
 
+    One ``where`` over the batch (uint8 with a numeric fill: computed in float and rounded back).
     Raises ValueError when a per-channel ``value`` does not have one entry per channel."""
     check_fill_channels(value, images.shape[1])
-    x = to_float(images)
-    fill = _fill_values(value, images, mask, generator).to(x.dtype)
-    out = torch.where(mask.unsqueeze(1), fill, x)
-    return restore_dtype(out, images)
+    fill = _fill_values(value, images, generator)
+    where = mask.unsqueeze(1)
+    if images.dtype == torch.uint8 and not isinstance(fill, torch.Tensor) or \
+            isinstance(fill, torch.Tensor) and fill.dtype != images.dtype:
+        return restore_dtype(torch.where(where, fill, to_float(images)), images)
+    return torch.where(where, fill, images)
 
 
 def random_erasing_sizes(batch: int, height: int, width: int, scale, ratio, attempts: int, device, generator):
@@ -152,22 +165,29 @@ class Cutout(Op):
         check_fill_channels(self.value, channels)
         device = images.device
         h, w = self.length
+        # the box's top-left corner directly: a centre uniform on [0, H) is a top on [−⌊h/2⌋, H − ⌊h/2⌋)
         if self.inside:  # whole boxes: top-left uniform on [0, H − h] × [0, W − w]
             if h > height or w > width:
                 raise ValueError(f"length {self.length} must fit inside the {height}×{width} images "
                                  f"when inside=True")
-            centre_y = _random.randint(0, height - h + 1, (batch, self.n_holes), device, self.generator) + h // 2
-            centre_x = _random.randint(0, width - w + 1, (batch, self.n_holes), device, self.generator) + w // 2
+            top_range, left_range = (0, height - h + 1), (0, width - w + 1)
         else:
-            centre_y = _random.randint(0, height, (batch, self.n_holes), device, self.generator)
-            centre_x = _random.randint(0, width, (batch, self.n_holes), device, self.generator)
-        applied = _random.rand((batch,), device, self.generator) < self.p
-        mask = torch.zeros((batch, height, width), dtype=torch.bool, device=device)
-        for k in range(self.n_holes):  # a few holes, each a batched box
-            mask |= box_masks(centre_y[:, k] - h // 2, centre_x[:, k] - w // 2, h, w, (height, width))
-        mask &= applied.view(-1, 1, 1)
-        self.last_stats = {"centres": torch.stack([centre_y, centre_x], dim=2), "applied": applied,
-                           "erased_fraction": mask.float().mean(dim=(1, 2))}
+            top_range, left_range = (-(h // 2), height - h // 2), (-(w // 2), width - w // 2)
+        holes = (batch,) if self.n_holes == 1 else (batch, self.n_holes)
+        top = _random.randint(*top_range, holes, device, self.generator)
+        left = _random.randint(*left_range, holes, device, self.generator)
+        mask = box_masks(top, left, h, w, (height, width))  # B×H×W, or B×n×H×W: every hole at once
+        if self.n_holes > 1:
+            mask = mask.any(dim=1)
+        applied = None
+        if self.p < 1:
+            applied = _random.rand((batch, 1, 1), device, self.generator) < self.p
+            mask = mask & applied
+        self.last_stats = Stats(
+            centres=lambda: torch.stack([top + h // 2, left + w // 2], dim=-1).view(batch, self.n_holes, 2),
+            applied=lambda: applied.view(-1) if applied is not None else torch.ones(batch, dtype=torch.bool,
+                                                                                      device=device),
+            erased_fraction=lambda: mask.float().mean(dim=(1, 2)))
         return erase_masked(images, mask, self.value, self.generator), targets
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import abc
 import functools
+from collections.abc import Mapping
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -51,6 +52,33 @@ from torch import nn
 from ._checks import check_generator, check_images, check_targets, deferred_checks
 
 Batch = Tuple[torch.Tensor, Optional[torch.Tensor]]
+
+
+class Stats(Mapping):
+    """``op.last_stats``: a read-only mapping of name → tensor whose entries may be computed lazily.
+
+    An op stores a tensor, or a zero-argument function that computes one; a function runs
+    on first access (and its result is kept). So the statistics nobody reads launch no
+    kernels on the op's hot path.
+    """
+
+    def __init__(self, **entries):
+        self._entries = entries
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        value = self._entries[key]
+        if callable(value) and not isinstance(value, torch.Tensor):
+            value = self._entries[key] = value()
+        return value
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Stats({dict(self)!r})"
 
 
 class Op(nn.Module, abc.ABC):
@@ -78,7 +106,7 @@ class Op(nn.Module, abc.ABC):
     def __init__(self, generator: Optional[torch.Generator] = None):
         super().__init__()
         self.generator = check_generator(generator)
-        self.last_stats: Dict[str, torch.Tensor] = {}
+        self.last_stats: Mapping = Stats()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -174,4 +202,4 @@ def restore_dtype(result: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Cast a float result back to the dtype of the input batch (uint8: rounded and clamped)."""
     if like.dtype == torch.uint8:
         return result.round().clamp_(0, 255).to(torch.uint8)
-    return result.to(like.dtype)
+    return result if result.dtype == like.dtype else result.to(like.dtype)

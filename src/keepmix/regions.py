@@ -23,6 +23,7 @@ at once:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Optional, Tuple, Union
 
@@ -220,20 +221,29 @@ def sample_windows(scores: torch.Tensor, threshold: torch.Tensor, below: bool = 
     return WindowSample(index // n_w, index % n_w, fallback)
 
 
+@functools.lru_cache(maxsize=128)
+def _grid(n: int, device: torch.device) -> torch.Tensor:
+    """0 … n−1 (int64) on ``device``, made once per (n, device): no arange launch per call."""
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.arange(n, device=device)
+
+
 def box_masks(top: torch.Tensor, left: torch.Tensor, height: Union[int, torch.Tensor],
               width: Union[int, torch.Tensor], size: Tuple[int, int]) -> torch.Tensor:
-    """Boolean B×H×W masks, true on rows [top, top+height) × cols [left, left+width) (clipped to the image)."""
+    """Boolean masks (…)×H×W, true on rows [top, top+height) × cols [left, left+width) (clipped to the image).
+
+    ``top``/``left`` are int64 tensors of any shape (…) — (B,) for one box per image, (B, n) for n
+    boxes each; ``height``/``width`` are ints or tensors of the same shape. Built from cached row
+    and column indices by broadcasting: a dozen operator calls whatever the batch size.
+    """
     rows, cols = size
-    device = top.device
-    top = top.view(-1, 1)
-    left = left.view(-1, 1)
-    height = height.view(-1, 1) if isinstance(height, torch.Tensor) else height
-    width = width.view(-1, 1) if isinstance(width, torch.Tensor) else width
-    r = torch.arange(rows, device=device).view(1, -1)
-    c = torch.arange(cols, device=device).view(1, -1)
-    in_rows = (r >= top) & (r < top + height)
-    in_cols = (c >= left) & (c < left + width)
-    return in_rows.unsqueeze(2) & in_cols.unsqueeze(1)
+    r, c = _grid(rows, top.device), _grid(cols, top.device)
+    t, l = top.unsqueeze(-1), left.unsqueeze(-1)
+    h = height.unsqueeze(-1) if isinstance(height, torch.Tensor) else height
+    w = width.unsqueeze(-1) if isinstance(width, torch.Tensor) else width
+    in_rows = (r >= t) & (r < t + h)
+    in_cols = (c >= l) & (c < l + w)
+    return in_rows.unsqueeze(-1) & in_cols.unsqueeze(-2)
 
 
 def clipped_boxes(centre_y: torch.Tensor, centre_x: torch.Tensor, height, width, size: Tuple[int, int]
