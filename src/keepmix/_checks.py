@@ -76,7 +76,8 @@ def deferred_checks() -> Iterator[None]:
         _PENDING.flags = None
     if flags:
         device = flags[0][0].device
-        ok = flags[0][0] if len(flags) == 1 else torch.stack([f.to(device) for f, _ in flags]).all()
+        ok = flags[0][0] if len(flags) == 1 else torch.stack(
+            [f if f.device == device else f.to(device) for f, _ in flags]).all()
         if not bool(ok):  # the one sync
             _raise_failed(flags)
 

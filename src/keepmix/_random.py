@@ -11,6 +11,7 @@ at 1/32 speed).
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence
 
 import torch
@@ -87,9 +88,16 @@ def beta(alpha: float, beta_: float, shape: Sequence[int], device,
     """
     device = torch.device(device)
     gen, origin = _source(generator, device)
-    concentration = torch.tensor([float(alpha), float(beta_)], dtype=torch.float32, device=origin)
+    concentration = _constant((float(alpha), float(beta_)), origin)
     draw = torch._sample_dirichlet(concentration.expand(*tuple(shape), 2), generator=gen)
     return _deliver(draw[..., 0], device)
+
+
+@functools.lru_cache(maxsize=64)
+def _constant(values, device: torch.device) -> torch.Tensor:
+    """A small float32 constant made once per (values, device): no tensor creation per call."""
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.tensor(values, dtype=torch.float32, device=device)
 
 
 def dirichlet(alpha: float, k: int, shape: Sequence[int], device,

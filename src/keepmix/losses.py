@@ -35,12 +35,13 @@ def to_soft_targets(targets: torch.Tensor, num_classes: int = None) -> torch.Ten
         raise ValueError("num_classes is needed to turn class indices into soft targets")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    index = targets.long()
+    index = targets if targets.dtype == torch.long else targets.long()
     # F.one_hot reads the maximum back to check it (a host sync); the range check joins the op's
     # deferred checks instead, and the scatter never writes outside the row
-    check_flag(((index >= 0) & (index < num_classes)).all(), f"targets must be class indices in [0, {num_classes})")
+    inside = index.clamp(0, num_classes - 1)
+    check_flag((inside == index).all(), f"targets must be class indices in [0, {num_classes})")
     soft = torch.zeros((index.shape[0], num_classes), dtype=torch.float32, device=index.device)
-    return soft.scatter_(1, index.clamp(0, num_classes - 1).view(-1, 1), 1.0)
+    return soft.scatter_(1, inside.unsqueeze(1), 1.0)
 
 
 def smooth_targets(soft: torch.Tensor, label_smoothing: float) -> torch.Tensor:

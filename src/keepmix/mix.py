@@ -25,7 +25,7 @@ from . import _random
 from ._checks import check_maps, check_num_classes, check_probability
 from .losses import to_soft_targets
 from .pairing import check_pairing, pair
-from .protocol import Batch, Op, restore_dtype, to_float
+from .protocol import Batch, Op, Stats, restore_dtype, to_float
 from .saliency import as_source, compute_maps, gaussian_blur, normalize_sum, takes_uint8
 
 
@@ -50,7 +50,7 @@ def mix_images(images: torch.Tensor, partner: torch.Tensor, ratio: torch.Tensor)
     """
     x = to_float(images)
     work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    r = ratio.to(work.dtype)
+    r = ratio if ratio.dtype == work.dtype else ratio.to(work.dtype)
     r = r.view(-1, 1, 1, 1) if r.ndim == 1 else r.unsqueeze(1)
     mixed = torch.lerp(work.index_select(0, partner), work, r)
     return restore_dtype(mixed, images)
@@ -59,9 +59,9 @@ def mix_images(images: torch.Tensor, partner: torch.Tensor, ratio: torch.Tensor)
 def mix_targets(targets: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor,
                 num_classes: Optional[int] = None) -> torch.Tensor:
     """``λ_i y_i + (1 − λ_i) y_{p(i)}`` as float32 B×K (class indices are one-hot encoded first)."""
-    soft = to_soft_targets(targets, num_classes).to(lam.device)
-    lam = lam.float().view(-1, 1)
-    return lam * soft + (1.0 - lam) * soft.index_select(0, partner)
+    soft = to_soft_targets(targets, num_classes)
+    weight = lam.view(-1, 1) if lam.dtype == torch.float32 else lam.float().view(-1, 1)
+    return torch.lerp(soft.index_select(0, partner), soft, weight)
 
 
 def _check_blur(blur) -> Optional[Tuple[int, float]]:
@@ -159,12 +159,20 @@ class GuidedMixup(Op):
         if targets is None:
             raise ValueError("GuidedMixup mixes labels: targets are required")
         batch = images.shape[0]
-        coin = _random.rand((1,), "cpu" if self.generator is None else self.generator.device, self.generator)
-        if batch < 2 or float(coin) >= self.mix_prob:
+        if batch < 2 or self.mix_prob <= 0.0 or (self.mix_prob < 1.0 and not self._coin()):
             ones = torch.ones(batch, device=images.device)
-            self.last_stats = {"lam": ones, "mixed": torch.tensor(False), "saliency_kept": ones}
-            return images, to_soft_targets(targets, self.num_classes).to(images.device)
+            self.last_stats = Stats(lam=ones, mixed=lambda: torch.tensor(False), saliency_kept=ones)
+            return images, to_soft_targets(targets, self.num_classes)
         partner, mask, maps = self.guide(images, targets, saliency_maps)
         lam = mask.mean(dim=(1, 2))
-        self.last_stats = {"lam": lam, "mixed": torch.tensor(True), "saliency_kept": (mask * maps).sum(dim=(1, 2))}
+        self.last_stats = Stats(lam=lam, mixed=lambda: torch.tensor(True),
+                                saliency_kept=lambda: (mask * maps).sum(dim=(1, 2)))
         return mix_images(images, partner, mask), mix_targets(targets, partner, lam, self.num_classes)
+
+    def _coin(self) -> bool:
+        """The per-batch mixing decision, U < mix_prob, drawn on the host (the generator's device, else the
+        CPU): a Python branch that skips the whole saliency pass when the batch is not mixed. Reading a CPU
+        scalar never waits for an accelerator. A branch cannot be traced: to compile the op with
+        ``fullgraph=True`` use ``mix_prob=1`` (no coin) and decide outside the compiled region."""
+        coin = _random.rand((1,), "cpu" if self.generator is None else self.generator.device, self.generator)
+        return float(coin) < self.mix_prob

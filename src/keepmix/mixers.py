@@ -51,7 +51,7 @@ from ._checks import check_num_classes, check_positive, check_probability
 from .losses import to_soft_targets
 from .mix import mix_images, mix_targets
 from .pairing import check_pairing, pair
-from .protocol import Batch, Op, restore_dtype, to_float
+from .protocol import Batch, Op, Stats, restore_dtype, to_float
 from .regions import box_masks, clipped_boxes
 from .saliency import (_PreservedModel, _check_bn, _model_dtype, as_source, compute_maps, gaussian_blur,
                        normalize_sum, spectral_residual)
@@ -91,9 +91,13 @@ class _Mixer(Op):
         return {"num_classes": self.num_classes, "alpha": self.alpha, "prob": self.prob, "pairing": self.pairing}
 
     def _require_targets(self, targets) -> None:
+        """Fail early (no tensor work) on missing targets or a missing or mismatched num_classes."""
         if targets is None:
             raise ValueError(f"{type(self).__name__} mixes labels: targets are required")
-        to_soft_targets(targets[:1], self.num_classes)  # fail early on missing or mismatched num_classes
+        if targets.ndim == 1 and self.num_classes is None:
+            raise ValueError("num_classes is needed to turn class indices into soft targets")
+        if targets.ndim == 2 and self.num_classes is not None and targets.shape[1] != self.num_classes:
+            raise ValueError(f"targets has {targets.shape[1]} classes, expected num_classes={self.num_classes}")
 
     def _lam(self, batch: int, device) -> torch.Tensor:
         if self.lam_mode == "batch":  # one λ for the whole batch (timm's mode="batch")
@@ -101,11 +105,28 @@ class _Mixer(Op):
         return _random.beta(self.alpha, self.alpha, (batch,), device, self.generator)
 
     def _selected(self, batch: int, device) -> torch.Tensor:
-        """Per-image mixing decision: U < prob (never for a batch of one); one decision with ``lam_mode="batch"``."""
+        """Per-image mixing decision (B,) bool: U < prob (never for a batch of one); one decision with
+        ``lam_mode="batch"``."""
+        return self._mixed_flags(self._selection(batch, device), batch, device)
+
+    def _selection(self, batch: int, device) -> Optional[torch.Tensor]:
+        """:meth:`_selected`, except ``None`` when every image mixes (prob = 1, B ≥ 2): no draw, no kernel."""
+        if batch < 2:
+            return torch.zeros(batch, dtype=torch.bool, device=device)
+        if self.prob >= 1.0:
+            return None
         if self.lam_mode == "batch":
-            return (_random.rand((1,), device, self.generator) < self.prob).repeat(batch) & (batch >= 2)
-        chosen = _random.rand((batch,), device, self.generator) < self.prob
-        return chosen & (batch >= 2)
+            return (_random.rand((1,), device, self.generator) < self.prob).expand(batch)
+        return _random.rand((batch,), device, self.generator) < self.prob
+
+    @staticmethod
+    def _where_mixed(mixed: Optional[torch.Tensor], value: torch.Tensor, unmixed: float) -> torch.Tensor:
+        """``value`` where mixed, ``unmixed`` elsewhere (``value`` itself when every image mixes)."""
+        return value if mixed is None else torch.where(mixed, value, unmixed)
+
+    @staticmethod
+    def _mixed_flags(mixed: Optional[torch.Tensor], batch: int, device) -> torch.Tensor:
+        return torch.ones(batch, dtype=torch.bool, device=device) if mixed is None else mixed
 
     def _partner(self, images: torch.Tensor, maps: Optional[torch.Tensor] = None, blur: bool = True
                  ) -> torch.Tensor:
@@ -154,11 +175,10 @@ class Mixup(_Mixer):
     def apply(self, images, targets) -> Batch:
         self._require_targets(targets)
         batch, device = images.shape[0], images.device
-        lam = self._lam(batch, device)
-        mixed = self._selected(batch, device)
-        lam = torch.where(mixed, lam, torch.ones_like(lam))
+        mixed = self._selection(batch, device)
+        lam = self._where_mixed(mixed, self._lam(batch, device), 1.0)
         partner = self._partner(images)
-        self.last_stats = {"lam": lam, "partner": partner, "mixed": mixed}
+        self.last_stats = Stats(lam=lam, partner=partner, mixed=lambda: self._mixed_flags(mixed, batch, device))
         return mix_images(images, partner, lam), mix_targets(targets, partner, lam, self.num_classes)
 
 

@@ -143,9 +143,7 @@ def random_pairing(batch_size: int, generator: Optional[torch.Generator] = None,
 
 def _cycle_partner(order: torch.Tensor) -> torch.Tensor:
     """The partner permutation of the cycle that visits ``order`` (partner[v_k] = v_{k+1 mod B})."""
-    partner = torch.empty_like(order)
-    partner[order] = order.roll(-1)
-    return partner
+    return torch.empty_like(order).scatter_(0, order, order.roll(-1))
 
 
 PAIRINGS = ("greedy", "random")

@@ -138,6 +138,9 @@ class Op(nn.Module, abc.ABC):
             check_images(images)  # TypeError naming what was given
         # value checks of the whole call are read back with one sync at the end; the op's maths run in
         # the batch's own dtype, whatever autocast the caller runs under
+        if torch.compiler.is_compiling():  # traced: no value checks (they need a host read), same maths
+            with torch.autocast(images.device.type, enabled=False):
+                return super().__call__(images, targets, **kwargs)
         with deferred_checks(), torch.autocast(images.device.type, enabled=False):
             return super().__call__(images, targets, **kwargs)
 
