@@ -154,7 +154,7 @@ def test_auto_contrast_per_channel():
     assert out[0, 1].flatten().tolist() == [7, 7, 7]  # flat: unchanged
     assert out[0, 2].flatten().tolist() == [0, 255, 128]  # already full range
     assert out[1, 0].flatten().tolist() == [0, 127, 255]
-    assert out[1, 1].flatten().tolist() == [255, 0, 127]
+    assert out[1, 1].flatten().tolist() == [254, 0, 127]  # PIL: 200·(255.0/200) = 254.999… → 254
     assert out[1, 2].flatten().tolist() == [0, 255, 0]
     flt = F.auto_contrast(as_float(x))
     assert torch.allclose(flt[0, 0].flatten(), torch.tensor([0.0, 0.5, 1.0]))
@@ -472,3 +472,32 @@ def test_degenerate_images_have_defined_results():
         assert out.shape == one.shape and torch.isfinite(out).all(), name
     flat = torch.full((1, 3, 5, 5), 130, dtype=torch.uint8)
     assert torch.equal(F.auto_contrast(flat), flat) and torch.equal(F.equalize(flat), flat)
+
+
+# --------------------------------------------------------------------------- issue 13: PIL's rounding, factor checks
+
+
+def test_bilinear_uint8_truncates_as_pil():
+    x = u8([0, 3, 0, 3], (1, 1, 2, 2))          # [[0, 3], [0, 3]]
+    assert F.translate_x(x, 0.5, interpolation="bilinear")[0, 0].tolist() == [[0, 1], [0, 1]]   # 1.5 → 1
+    f = F.translate_x(x.float() / 255, 0.5, interpolation="bilinear")   # floats are not rounded
+    assert torch.allclose(f[0, 0] * 255, torch.tensor([[0.0, 1.5], [0.0, 1.5]]))
+
+
+def test_auto_contrast_follows_pils_float64_table():
+    # exact (25 − 0)·255/25 = 255, but PIL's 25·(255.0/25) + 0 = 254.99999999999997 → 254
+    x = u8([0, 25, 5, 10], (1, 1, 2, 2))
+    assert F.auto_contrast(x).flatten().tolist() == [0, 254, 51, 102]
+    assert F.auto_contrast(u8([0, 100], (1, 1, 1, 2))).flatten().tolist() == [0, 254]   # 254.99999999999997
+    assert F.auto_contrast(u8([0, 51], (1, 1, 1, 2))).flatten().tolist() == [0, 255]    # 255.0 exactly
+
+
+@pytest.mark.parametrize("name", ["brightness", "color", "contrast", "sharpness"])
+def test_negative_enhancement_factors_are_refused(name):
+    op = getattr(F, name)
+    images = torch.rand(2, 3, 5, 5)
+    with pytest.raises(ValueError, match="non-negative"):
+        op(images, -0.5)
+    with pytest.raises(ValueError, match="non-negative"):
+        op(images, torch.tensor([1.0, -0.1]))
+    assert op(images, 0.0).shape == images.shape      # 0 is the degenerate image, allowed
