@@ -99,13 +99,19 @@ def check_flag(ok: torch.Tensor, message: str) -> None:
         raise ValueError(message)
 
 
-def check_finite(tensor: torch.Tensor, name: str) -> None:
-    """Raise ValueError if ``tensor`` holds NaN or inf (only when input checks are on; deferred inside an op)."""
-    if _CHECK_FINITE and tensor.is_floating_point():
-        check_flag(torch.isfinite(tensor).all(), f"{name} contains NaN or infinite values")
+def check_finite(tensor: torch.Tensor, name: str, *, boundary: bool = False) -> None:
+    """Raise ValueError if ``tensor`` holds NaN or inf (only when input checks are on).
+
+    Called directly (outside an op), every function checks its own input. Inside an op call only
+    the op's *boundary* is checked (``boundary=True``: its images, targets and saliency maps,
+    given or computed); what the op derives from checked values is not checked again.
+    """
+    if not (_CHECK_FINITE and tensor.is_floating_point()) or (_PENDING.flags is not None and not boundary):
+        return
+    check_flag(torch.isfinite(tensor).all(), f"{name} contains NaN or infinite values")
 
 
-def check_images(images, name: str = "images", *, allow_uint8: bool = True) -> torch.Tensor:
+def check_images(images, name: str = "images", *, allow_uint8: bool = True, boundary: bool = False) -> torch.Tensor:
     """Validate a B×C×H×W batch. uint8 is accepted only where ``allow_uint8``."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape B×C×H×W, got {type(images).__name__}")
@@ -118,12 +124,12 @@ def check_images(images, name: str = "images", *, allow_uint8: bool = True) -> t
         raise TypeError(f"{name} must be uint8 or floating point, got {images.dtype}")
     if images.shape[0] < 1 or images.shape[2] < 1 or images.shape[3] < 1:
         raise ValueError(f"{name} must have at least one image of at least 1×1 pixels, got shape {tuple(images.shape)}")
-    check_finite(images, name)
+    check_finite(images, name, boundary=boundary)
     return images
 
 
 def check_maps(maps, name: str = "saliency", *, batch: Optional[int] = None,
-               size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+               size: Optional[Tuple[int, int]] = None, boundary: bool = False) -> torch.Tensor:
     """Validate saliency maps B×H×W (floating point, optionally of a given batch and size)."""
     if not isinstance(maps, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape B×H×W, got {type(maps).__name__}")
@@ -135,7 +141,7 @@ def check_maps(maps, name: str = "saliency", *, batch: Optional[int] = None,
         raise ValueError(f"{name} must hold {batch} maps (one per image), got {maps.shape[0]}")
     if size is not None and tuple(maps.shape[1:]) != tuple(size):
         raise ValueError(f"{name} must be {size[0]}×{size[1]} to match the images, got {tuple(maps.shape[1:])}")
-    check_finite(maps, name)
+    check_finite(maps, name, boundary=boundary)
     return maps
 
 

@@ -45,7 +45,7 @@ from ._checks import SizeLike, check_num_classes, check_positive, check_probabil
 from .erase import RandomErasing, check_fill_channels, check_fill_value, erase_masked, random_erasing_sizes
 from .mix import mix_targets
 from .pairing import check_pairing, pair
-from .protocol import Batch, Op, restore_dtype, to_float
+from .protocol import Batch, Op, Stats, restore_dtype, to_float
 from .regions import box_masks, select_boxes
 from .saliency import as_source, compute_maps, gaussian_blur, normalize_sum, takes_uint8
 
@@ -111,7 +111,7 @@ class KeepCutout(_SelectiveWindow):
         mask, maps, fallback = self._window(images, targets, saliency_maps, below=True)
         if self.p < 1:
             mask = mask & (_random.rand((images.shape[0],), images.device, self.generator) < self.p).view(-1, 1, 1)
-        self.last_stats = {"fallback": fallback, "saliency_kept": 1.0 - _mass_share(maps, mask)}
+        self.last_stats = Stats(fallback=fallback, saliency_kept=lambda: 1.0 - _mass_share(maps, mask))
         return erase_masked(images, mask, self.value, self.generator), targets
 
 
@@ -148,8 +148,8 @@ class KeepRandomErasing(RandomErasing):
         erase = found & (_random.rand((batch,), images.device, self.generator) < self.p)
         picked = select_boxes(maps, h, w, self.tau, below=True, generator=self.generator)
         mask = box_masks(picked.top, picked.left, h, w, (height, width)) & erase.view(-1, 1, 1)
-        self.last_stats = {"fallback": picked.fallback & erase, "saliency_kept": 1.0 - _mass_share(maps, mask),
-                           "erased": erase}
+        self.last_stats = Stats(fallback=lambda: picked.fallback & erase,
+                                saliency_kept=lambda: 1.0 - _mass_share(maps, mask), erased=erase)
         return erase_masked(images, mask, self.value, self.generator), targets
 
 
@@ -225,8 +225,8 @@ class KeepCutMix(Op):
         kept = 1.0 - mask.float().mean(dim=(1, 2))
         x = to_float(images)
         mixed = torch.where(mask.unsqueeze(1), x.index_select(0, partner), x)
-        self.last_stats = {"lam": kept, "fallback": picked.fallback & active,
-                           "saliency_kept": 1.0 - _mass_share(maps, mask)}
+        self.last_stats = Stats(lam=kept, fallback=lambda: picked.fallback & active,
+                                saliency_kept=lambda: 1.0 - _mass_share(maps, mask))
         return restore_dtype(mixed, images), mix_targets(targets, partner, kept, self.num_classes)
 
 
@@ -267,7 +267,7 @@ class SelectivePaste(_SelectiveWindow):
             augmented = self.transform(images)
         if not isinstance(augmented, torch.Tensor) or augmented.shape != images.shape:
             raise ValueError("transform must return images of the input's shape")
-        self.last_stats = {"fallback": fallback, "saliency_kept": _mass_share(maps, mask)}
+        self.last_stats = Stats(fallback=fallback, saliency_kept=lambda: _mass_share(maps, mask))
         out = torch.where(mask.unsqueeze(1), images.to(augmented.dtype), augmented)
         return out, targets
 

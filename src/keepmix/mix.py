@@ -37,7 +37,7 @@ def guided_mask(maps: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
     is 1 wherever p(p(i)) = i; in general the partner's share in image i is 1 − M_i.
     """
     check_maps(maps, "maps")
-    s = maps.float().clamp_min(0)
+    s = (maps if maps.dtype == torch.float32 else maps.float()).clamp_min(0)
     other = s.index_select(0, partner)
     total = s + other
     return torch.where(total > 0, s / total.clamp_min(torch.finfo(torch.float32).tiny), torch.full_like(s, 0.5))

@@ -68,8 +68,9 @@ def pairing_maps(maps: torch.Tensor, blur: bool = True) -> torch.Tensor:
 
 def _cut_sizes(lam: torch.Tensor, size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
     """CutMix's box sides for a kept share λ: h = round(H √(1 − λ)), w = round(W √(1 − λ))."""
-    cut = torch.sqrt((1.0 - lam.float()).clamp(0.0, 1.0))
-    return (cut * size[0]).round().long(), (cut * size[1]).round().long()
+    cut = torch.sqrt((1.0 - lam).clamp_(0.0, 1.0))
+    h = (cut * size[0]).round_().long()
+    return h, (h if size[1] == size[0] else (cut * size[1]).round_().long())
 
 
 class _Mixer(Op):
@@ -189,9 +190,8 @@ def _check_lam_mode(lam_mode) -> str:
 
 
 def _paste_box(images: torch.Tensor, partner: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """x_i outside ``mask`` (B×H×W bool), x_{p(i)} inside (same positions); input dtype."""
-    x = to_float(images)
-    return restore_dtype(torch.where(mask.unsqueeze(1), x.index_select(0, partner), x), images)
+    """x_i outside ``mask`` (B×H×W bool), x_{p(i)} inside (same positions); input dtype (a copy, exact)."""
+    return torch.where(mask.unsqueeze(1), images.index_select(0, partner), images)
 
 
 class CutMix(_Mixer):
@@ -254,15 +254,25 @@ class CutMix(_Mixer):
             centre_x = _random.randint(0, width, (batch,), device, self.generator)
         if self.lam_mode == "batch":  # one box for the whole batch
             centre_y, centre_x = centre_y[:1].repeat(batch), centre_x[:1].repeat(batch)
-        mixed = self._selected(batch, device)
-        top, left, box_h, box_w = clipped_boxes(centre_y, centre_x, cut_h, cut_w, (height, width))
-        box_h, box_w = box_h * mixed, box_w * mixed
-        mask = box_masks(top, left, box_h, box_w, (height, width))
-        area = (box_h * box_w).float() / (height * width)
-        lam = 1.0 - area if self.correct_lam else torch.where(mixed, lam_drawn, torch.ones_like(lam_drawn))
+        mixed = self._selection(batch, device)
+        # the mask of the unclipped box is already clipped by the image grid
+        mask = box_masks(centre_y - cut_h // 2, centre_x - cut_w // 2, cut_h, cut_w, (height, width))
+        if mixed is not None:
+            mask = mask & mixed.view(-1, 1, 1)
+        if self.correct_lam:  # the share of the image actually kept
+            lam = mask.sum(dim=(1, 2)).float().mul_(-1.0 / (height * width)).add_(1.0)
+        else:
+            lam = self._where_mixed(mixed, lam_drawn, 1.0)
         partner = self._partner(images)
-        self.last_stats = {"lam": lam, "lam_drawn": lam_drawn, "box": torch.stack([top, left, box_h, box_w], 1),
-                           "centre": torch.stack([centre_y, centre_x], 1), "partner": partner, "mixed": mixed}
+
+        def box():
+            top, left, box_h, box_w = clipped_boxes(centre_y, centre_x, cut_h, cut_w, (height, width))
+            flags = self._mixed_flags(mixed, batch, device)
+            return torch.stack([top, left, box_h * flags, box_w * flags], 1)
+
+        self.last_stats = Stats(lam=lam, lam_drawn=lam_drawn, box=box,
+                                centre=lambda: torch.stack([centre_y, centre_x], 1), partner=partner,
+                                mixed=lambda: self._mixed_flags(mixed, batch, device))
         return _paste_box(images, partner, mask), mix_targets(targets, partner, lam, self.num_classes)
 
 
@@ -310,19 +320,23 @@ class SaliencyMix(_Mixer):
         device = images.device
         maps = compute_maps(self.saliency, images, targets, saliency_maps, type(self).__name__)
         partner = self._partner(images, maps)
-        peak = maps.flatten(1).argmax(dim=1)
-        peak = torch.stack([peak // width, peak % width], dim=1)
-        source_peak = peak.index_select(0, partner)
+        peak = maps.flatten(1).argmax(dim=1).index_select(0, partner)  # the source's peak, row-major
+        peak_y, peak_x = torch.div(peak, width, rounding_mode="floor"), torch.remainder(peak, width)
         lam_drawn = self._lam(batch, device)
         cut_h, cut_w = _cut_sizes(lam_drawn, (height, width))
-        mixed = self._selected(batch, device)
-        top, left, box_h, box_w = clipped_boxes(source_peak[:, 0], source_peak[:, 1], cut_h, cut_w,
-                                                (height, width))
-        box_h, box_w = box_h * mixed, box_w * mixed
-        mask = box_masks(top, left, box_h, box_w, (height, width))
-        lam = 1.0 - (box_h * box_w).float() / (height * width)
-        self.last_stats = {"lam": lam, "lam_drawn": lam_drawn, "box": torch.stack([top, left, box_h, box_w], 1),
-                           "peak": source_peak, "partner": partner, "mixed": mixed}
+        mixed = self._selection(batch, device)
+        mask = box_masks(peak_y - cut_h // 2, peak_x - cut_w // 2, cut_h, cut_w, (height, width))
+        if mixed is not None:
+            mask = mask & mixed.view(-1, 1, 1)
+        lam = mask.sum(dim=(1, 2)).float().mul_(-1.0 / (height * width)).add_(1.0)
+
+        def box():
+            top, left, box_h, box_w = clipped_boxes(peak_y, peak_x, cut_h, cut_w, (height, width))
+            flags = self._mixed_flags(mixed, batch, device)
+            return torch.stack([top, left, box_h * flags, box_w * flags], 1)
+
+        self.last_stats = Stats(lam=lam, lam_drawn=lam_drawn, box=box, peak=lambda: torch.stack([peak_y, peak_x], 1),
+                                partner=partner, mixed=lambda: self._mixed_flags(mixed, batch, device))
         return _paste_box(images, partner, mask), mix_targets(targets, partner, lam, self.num_classes)
 
 

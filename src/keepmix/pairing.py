@@ -29,7 +29,8 @@ def saliency_distance(maps: torch.Tensor) -> torch.Tensor:
     so there is no cancellation error and no B·B·HW intermediate.
     """
     check_maps(maps, "maps")
-    flat = maps.flatten(1).float()
+    flat = maps.flatten(1)
+    flat = flat if flat.dtype == torch.float32 else flat.float()
     return torch.cdist(flat.unsqueeze(0), flat.unsqueeze(0),
                        compute_mode="donot_use_mm_for_euclid_dist").squeeze(0)
 

@@ -146,7 +146,7 @@ class Op(nn.Module, abc.ABC):
 
     def forward(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None, **kwargs) -> Batch:
         """Check the batch and run :meth:`apply` (call the op itself: ``op(images, targets)``)."""
-        check_images(images, allow_uint8=self.accepts_uint8)
+        check_images(images, allow_uint8=self.accepts_uint8, boundary=True)
         if targets is not None:
             check_targets(targets, images.shape[0])
         return self.apply(images, targets, **kwargs)

@@ -34,6 +34,8 @@ and restores every buffer afterwards, so the running statistics are untouched.
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 
 from typing import Callable, Optional, Tuple, Union
 
@@ -269,10 +271,9 @@ def spectral_residual(images: torch.Tensor, *, max_size: int = 128, blur: Option
         raise ValueError(f"images must have 1 or 3 channels for spectral_residual, got {images.shape[1]}")
     if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
         raise ValueError(f"max_size must be a positive int, got {max_size!r}")
-    x = images.float() if images.dtype != torch.float64 else images
+    x = images if images.dtype in (torch.float32, torch.float64) else images.float()
     if x.shape[1] == 3:
-        w = torch.tensor(GRAY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        gray = (x * w).sum(dim=1)
+        gray = (x * _cached(GRAY_WEIGHTS, x.dtype, x.device).view(1, 3, 1, 1)).sum(dim=1)
     else:
         gray = x[:, 0]
     height, width = gray.shape[-2:]
@@ -281,26 +282,34 @@ def spectral_residual(images: torch.Tensor, *, max_size: int = 128, blur: Option
         gray = F.interpolate(gray.unsqueeze(1), size=(max_size, max_size), mode="bilinear",
                              align_corners=False).squeeze(1)
     spectrum = torch.fft.fft2(gray)
-    amplitude = torch.sqrt(spectrum.real ** 2 + spectrum.imag ** 2 + 1e-10)
-    log_amp = torch.log(amplitude)
-    residual = torch.exp(log_amp - _box3_replicate(log_amp))
-    saliency = torch.fft.ifft2(residual * spectrum / amplitude).abs()
+    # log A = ½ log(Re² + Im² + 1e-10); R·F/A = exp(log A − box(log A))·F/A = exp(−box(log A))·F
+    log_amp = torch.log(torch.view_as_real(spectrum).square().sum(dim=-1).add_(1e-10)).mul_(0.5)
+    saliency = torch.fft.ifft2(torch.exp(_box3_replicate(log_amp).neg_()) * spectrum).abs()
     if resized:
         saliency = _resize_maps(saliency, (height, width))
     if blur is not None:
         saliency = gaussian_blur(saliency, *blur)
-    return saliency.float() if images.dtype != torch.float64 else saliency
+    return saliency if saliency.dtype in (torch.float32, torch.float64) else saliency.float()
 
 
 # --------------------------------------------------------------------------- post-processing
 
 
 def gaussian_kernel1d(kernel_size: int, sigma: float, *, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Normalised 1-d Gaussian taps exp(−x²/2σ²), x = −(k−1)/2 … (k−1)/2."""
+    """Normalised 1-d Gaussian taps exp(−x²/2σ²), x = −(k−1)/2 … (k−1)/2 (computed on the host in
+    double precision, made once per (k, σ, dtype, device))."""
     half = (kernel_size - 1) / 2.0
-    x = torch.arange(kernel_size, device=device, dtype=torch.float64) - half
-    taps = torch.exp(-(x ** 2) / (2.0 * sigma ** 2))
-    return (taps / taps.sum()).to(dtype)
+    taps = [math.exp(-((i - half) ** 2) / (2.0 * sigma ** 2)) for i in range(kernel_size)]
+    total = math.fsum(taps)
+    return _cached(tuple(t / total for t in taps), dtype, torch.device(device) if device is not None
+                   else torch.device("cpu"))
+
+
+@functools.lru_cache(maxsize=128)
+def _cached(values: Tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small constant tensor made once per (values, dtype, device): no tensor creation per call."""
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.tensor(values, dtype=dtype, device=device)
 
 
 def gaussian_blur(maps: torch.Tensor, kernel_size: int = 7, sigma: float = 3.0) -> torch.Tensor:
@@ -317,7 +326,7 @@ def gaussian_blur(maps: torch.Tensor, kernel_size: int = 7, sigma: float = 3.0) 
     if kernel_size == 1:
         return maps
     dtype = maps.dtype if maps.dtype in (torch.float32, torch.float64) else torch.float32
-    x = maps.to(dtype).unsqueeze(1)
+    x = (maps if maps.dtype == dtype else maps.to(dtype)).unsqueeze(1)
     taps = gaussian_kernel1d(kernel_size, sigma, device=maps.device, dtype=dtype)
     pad = kernel_size // 2
     h, w = x.shape[-2:]
@@ -326,8 +335,8 @@ def gaussian_blur(maps: torch.Tensor, kernel_size: int = 7, sigma: float = 3.0) 
     x = F.pad(x, (pad, pad, 0, 0), mode=mode_w)
     x = F.conv2d(x, taps.view(1, 1, 1, -1))
     x = F.pad(x, (0, 0, pad, pad), mode=mode_h)
-    x = F.conv2d(x, taps.view(1, 1, -1, 1))
-    return x.squeeze(1).to(maps.dtype)
+    x = F.conv2d(x, taps.view(1, 1, -1, 1)).squeeze(1)
+    return x if x.dtype == maps.dtype else x.to(maps.dtype)
 
 
 def normalize_sum(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -352,7 +361,8 @@ def normalize_sum(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     eps = check_positive(eps, "eps")
     s = maps.clamp_min(0)  # in the maps' own dtype: float64 maps of 1e-300 stay representable
     peak = s.amax(dim=(1, 2), keepdim=True)
-    s = (s / torch.where(peak > 0, peak, torch.ones_like(peak))).float() + eps
+    s = s / peak.clamp_min(torch.finfo(peak.dtype).tiny)  # a zero map stays 0 (0 / tiny)
+    s = (s if s.dtype == torch.float32 else s.float()) + eps
     return s / s.sum(dim=(1, 2), keepdim=True)
 
 
@@ -635,5 +645,5 @@ def compute_maps(source: Optional[SaliencySource], images: torch.Tensor, targets
             raise ValueError(f"{op_name} has no saliency source: pass saliency= to the constructor "
                              "or precomputed maps as saliency_maps= to the call")
         maps = source(images, targets)
-    check_maps(maps, "saliency_maps", batch=images.shape[0], size=tuple(images.shape[-2:]))
-    return maps.float()
+    check_maps(maps, "saliency_maps", batch=images.shape[0], size=tuple(images.shape[-2:]), boundary=True)
+    return maps if maps.dtype == torch.float32 else maps.float()
