@@ -41,6 +41,12 @@ def _check_count(value, name: str) -> int:
 
 
 @functools.lru_cache(maxsize=64)
+def _int_table(values: Tuple[int, ...], device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.tensor(values, dtype=torch.long, device=device)
+
+
+@functools.lru_cache(maxsize=64)
 def _channel_fill(values: Tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A per-channel fill as a cached 1×C×1×1 tensor (no tensor creation per call)."""
     with torch.inference_mode(False), torch.no_grad():
@@ -319,8 +325,11 @@ class GridMask(Op):
         return {"d_range": self.d_range, "ratio": self.ratio, "rotate": self.rotate, "p": self.p}
 
     def band_width(self, d: torch.Tensor) -> torch.Tensor:
-        """l = ⌈r d⌉ (a 1e-9 slack so that r d exactly an integer is not pushed up by rounding), in [0, d]."""
-        return torch.ceil(d.double() * self.ratio - 1e-9).long().clamp(min=0).minimum(d)
+        """l = ⌈r d⌉ in [0, d], looked up in a table computed on the host in double precision for every d of
+        ``d_range`` (a 1e-9 slack so that r d exactly an integer is not pushed up by rounding)."""
+        low, high = self.d_range
+        table = [min(max(math.ceil(k * self.ratio - 1e-9), 0), k) for k in range(low, high + 1)]
+        return _int_table(tuple(table), d.device).index_select(0, d - low)
 
     def apply(self, images, targets) -> Batch:
         batch, _, height, width = images.shape

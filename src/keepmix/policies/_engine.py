@@ -103,11 +103,12 @@ def magnitude_values(op_index: torch.Tensor, level: torch.Tensor, denominator: f
                      negate: torch.Tensor, ranges: Sequence[MagnitudeRange]) -> torch.Tensor:
     """Per-sample op arguments (float32, shape of ``op_index``) from levels and sign coins.
 
-    Computed in float64 (the product is formed before the division, so levels
-    that land on whole numbers stay exact before rounding).
+    Computed in float32 on the device (no float64: MPS has none). The product is formed before
+    the division, and IEEE division is correctly rounded, so a value whose exact result is a
+    whole number comes out exactly whole before rounding.
     """
     device = op_index.device
-    dtype = torch.float32 if device.type == "mps" else torch.float64
+    dtype = torch.float32
     lows = torch.tensor([r.low for r in ranges], dtype=dtype, device=device)[op_index]
     highs = torch.tensor([r.high for r in ranges], dtype=dtype, device=device)[op_index]
     codes = torch.tensor([_ROUNDING_CODES[r.rounding] for r in ranges], device=device)[op_index]
