@@ -135,3 +135,218 @@ def test_list_datasets_and_models_in_process(capsys):
     assert main(["list", "recipes"]) == 0
     recipes = capsys.readouterr().out.split()
     assert "default" in recipes and "keepaugment/t1_cutout_resnet18" in recipes
+
+
+# --------------------------------------------------------------------------- issue 13: no surprises
+
+
+ONE_ARM_RECIPE = """\
+name: solo
+tensorboard: false
+data: {name: salient_shapes, kwargs: {n_per_class: 20, num_classes: 3, image_size: 16, object_size: 5}}
+model: {name: resnet_small}
+optim: {epochs: 4, batch_size: 6, lr: 0.05}
+ops: [{name: cutout, length: 6}]
+"""
+
+
+def epoch_lines(text):
+    return [line for line in text.splitlines() if "] epoch " in line]
+
+
+def test_bare_keepmix_prints_help_and_version_works(capsys):
+    from keepmix import __version__
+    from keepmix.cli import main
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: keepmix") and "train" in out and "COMMAND" in out
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"keepmix {__version__} (torch ")
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_one_line_with_the_resume_command_and_it_resumes(tmp_path):
+    import shlex
+    import signal
+    (tmp_path / "solo.yaml").write_text(ONE_ARM_RECIPE)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "keepmix", "train", "solo.yaml"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "] epoch 1/" in line:
+            proc.send_signal(signal.SIGINT)   # what Ctrl-C sends, after the first epoch line
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == ["keepmix train: interrupted; resume with: keepmix train --resume runs/solo"], err
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs" / "solo" / ".keepmix.lock").exists()
+    # the printed command works as printed
+    command = shlex.split(lines[0].split("resume with: ", 1)[1])
+    assert command[0] == "keepmix"
+    done = keepmix(*command[1:], cwd=tmp_path)
+    resumed = [int(line.split("epoch ")[1].split("/")[0]) for line in epoch_lines(done.stdout)]
+    assert resumed and resumed[0] >= 2 and resumed[-1] == 4
+    rows = list(csv.DictReader(open(tmp_path / "runs" / "solo" / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"]
+
+
+@pytest.mark.slow
+def test_resume_of_a_run_started_with_one_arm_trains_only_that_arm(tmp_path, capsys):
+    from keepmix.cli import main
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE)
+    out_dir = tmp_path / "runs"
+    assert main(["train", str(recipe), "--arm", "keep_cutout", "--output-dir", str(out_dir),
+                 "--stop-after-epoch", "1"]) == 0
+    capsys.readouterr()
+    run = out_dir / "tiny"
+    assert main(["train", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert not (run / "cutout").exists()
+    assert [line.split()[0] for line in epoch_lines(out)] == ["[tiny/keep_cutout]"]
+    assert "cutout " not in out.replace("keep_cutout", "")
+    import yaml
+    assert [arm["name"] for arm in yaml.safe_load((run / "recipe.yaml").read_text())["arms"]] == ["keep_cutout"]
+    # the recipe's own run folder (resume without a path) also keeps to the recorded arm
+    assert main(["train", str(recipe), "--output-dir", str(out_dir), "--resume"]) == 0
+    assert not (run / "cutout").exists()
+
+
+@pytest.mark.slow
+def test_quiet_single_run_prints_the_summary_and_logs_epochs_to_train_log(tmp_path, capsys):
+    from keepmix.cli import main
+    recipe = tmp_path / "solo.yaml"
+    recipe.write_text(ONE_ARM_RECIPE.replace("epochs: 4", "epochs: 2"))
+    assert main(["train", str(recipe), "--output-dir", str(tmp_path / "runs"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "top-1 %" in out and "solo" in out and "metrics.csv" in out
+    assert epoch_lines(out) == []
+    log = (tmp_path / "runs" / "solo" / "train.log").read_text().splitlines()
+    assert len(epoch_lines("\n".join(log))) == 2 and log[0] == "[solo] started: 2 epochs"
+
+
+@pytest.mark.slow
+def test_a_second_run_of_the_same_name_is_renamed_name_2_everywhere(tmp_path, capsys):
+    import yaml
+    from keepmix.cli import main
+    recipe = tmp_path / "solo.yaml"
+    recipe.write_text(ONE_ARM_RECIPE.replace("epochs: 4", "epochs: 1"))
+    args = ["train", str(recipe), "--output-dir", str(tmp_path / "runs"), "--name", "same"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    second = tmp_path / "runs" / "same-2"
+    assert "this run is 'same-2'" in captured.err
+    assert [line.split()[0] for line in epoch_lines(captured.out)] == ["[same-2]"]
+    assert str(second / "metrics.csv") in captured.out
+    assert any(line.startswith("same-2 ") for line in captured.out.splitlines())   # the summary row
+    assert yaml.safe_load((second / "config.yaml").read_text())["name"] == "same-2"
+    assert (second / "train.log").read_text().startswith("[same-2]")
+
+
+def test_failed_runs_leave_no_folder(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE)
+    bad_model = keepmix("train", recipe, "--output-dir", tmp_path / "runs", "--model", "nope", cwd=tmp_path,
+                        check=False)
+    assert bad_model.returncode == 2 and "unknown model name 'nope'" in bad_model.stderr
+    no_data = keepmix("train", recipe, "--output-dir", tmp_path / "runs", "--data", "cifar10", "--data-root", empty,
+                      cwd=tmp_path, check=False)
+    assert no_data.returncode == 2 and "no CIFAR-10 files" in no_data.stderr
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_eval_names_the_set_it_evaluates(trained):
+    root, _, _ = trained
+    checkpoint = root / "runs" / "tiny" / "keep_cutout" / "checkpoint.pt"
+    own = keepmix("eval", "--checkpoint", checkpoint, "--set", "data.eval_size=9", cwd=root).stdout
+    whole = keepmix("eval", "--checkpoint", checkpoint, "--split", "test", cwd=root).stdout
+    assert "test split (the run's evaluation set, 9 of its 18): 9 images" in own
+    assert "test split (the whole split, all 18): 18 images" in whole
+    metrics = json.loads(keepmix("eval", "--checkpoint", checkpoint, "--set", "data.eval_size=9", "--json",
+                                 cwd=root).stdout)
+    assert (metrics["split"], metrics["subset"], metrics["count"], metrics["split_size"]) == ("test", "run", 9, 18)
+
+
+@pytest.mark.slow
+def test_plot_of_several_runs_never_overwrites_a_runs_own_curves(tmp_path, trained):
+    root, _, _ = trained
+    run = root / "runs" / "tiny"
+    own = (run / "cutout" / "curves.png").read_bytes()
+    done = keepmix("plot", run / "cutout", run / "keep_cutout", cwd=tmp_path)
+    assert "curves_cutout_vs_keep_cutout.png" in done.stdout
+    assert (tmp_path / "curves_cutout_vs_keep_cutout.png").is_file()
+    assert (run / "cutout" / "curves.png").read_bytes() == own
+
+
+def test_show_takes_a_data_root(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = keepmix("show", "--data", "cifar10", "--data-root", empty, "--op", "cutout", cwd=tmp_path, check=False)
+    assert done.returncode == 2 and f"no CIFAR-10 files under {empty}" in done.stderr
+
+
+def test_recipe_paths_are_relative_to_the_recipe_file(tmp_path, monkeypatch):
+    from keepmix.recipes import load_recipe
+    (tmp_path / "base").mkdir()
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "base" / "_data.yaml").write_text("data: {name: cifar10, root: c10}\n")
+    (tmp_path / "exp" / "r.yaml").write_text("extends: ../base/_data.yaml\nmodel: {pretrained: w/m.pt}\n")
+    (tmp_path / "exp" / "abs.yaml").write_text(f"data: {{name: cifar10, root: {tmp_path / 'x'}}}\n")
+    monkeypatch.chdir(tmp_path / "exp")
+    config = load_recipe(tmp_path / "exp" / "r.yaml")
+    assert config.data.root == str(tmp_path / "base" / "c10")          # where the base file sets it
+    assert config.model.pretrained == str(tmp_path / "exp" / "w" / "m.pt")
+    assert load_recipe("r.yaml", ["data.root=here"]).data.root == "here"   # command-line paths: as given
+    assert load_recipe(tmp_path / "exp" / "abs.yaml").data.root == str(tmp_path / "x")
+
+
+def test_bench_judges_a_target_only_at_the_batch_it_names():
+    from keepmix.benchmark import TARGETS, format_table
+    name = next(iter(TARGETS))
+    only16 = format_table({16: {"step_s": 0.1, name: 10.0}}, "cpu")
+    assert "MISSED" not in only16 and "not measured" in only16
+    with64 = format_table({16: {"step_s": 0.1, name: 0.0}, 64: {"step_s": 0.1, name: 10.0}}, "cpu")
+    assert "MISSED" in with64
+
+
+@pytest.mark.slow
+def test_no_progress_bars_in_redirected_logs_and_epoch_lines_in_train_log(tmp_path):
+    recipe = tmp_path / "solo.yaml"
+    recipe.write_text(ONE_ARM_RECIPE.replace("epochs: 4", "epochs: 2") + "progress: true\n")
+    done = keepmix("train", recipe, cwd=tmp_path)       # stdout and stderr are pipes, not terminals
+    assert "\r" not in done.stderr and "it/s" not in done.stderr
+    log = (tmp_path / "runs" / "solo" / "train.log").read_text()
+    assert epoch_lines(log) == [line for line in epoch_lines(done.stdout)]
+
+
+def test_list_prints_names_with_descriptions(capsys):
+    from keepmix.cli import main
+    for what, name, words in (("ops", "keep_cutout", "never cuts the salient part"),
+                              ("ops", "guided_sr", "GuidedMixup(saliency='spectral')"),
+                              ("models", "resnet18_cifar", "3×3 stem"),
+                              ("datasets", "salient_shapes", "embedded"),
+                              ("recipes", "default", "null control")):
+        assert main(["list", what]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        line = next(line for line in lines if line.split()[0] == name)
+        assert words in line, line
+        assert all(len(line.split(None, 1)) == 2 for line in lines), what   # every name has a description
+
+
+def test_data_set_names_use_underscores_and_accept_dashes():
+    from keepmix.data import available_datasets, canonical_name, load_dataset
+    from keepmix.recipes import load_recipe
+    assert "salient_shapes" in available_datasets() and all("-" not in n for n in available_datasets())
+    assert canonical_name("salient-shapes") == canonical_name("Salient_Shapes") == "salient_shapes"
+    assert load_dataset("salient-shapes", split="test", n_per_class=2).name == "salient_shapes"
+    # the dashed spelling is the same data set: the recipe's data.kwargs are kept
+    assert load_recipe("default", ["data.name=salient-shapes"]).data.kwargs == load_recipe("default").data.kwargs

@@ -68,3 +68,24 @@ def test_read_metrics_parses_numbers_and_empty_cells(tmp_path):
     rows = read_metrics(path)
     assert rows[0]["epoch"] == 1.0 and rows[0]["train_loss"] == 2.5 and math.isnan(rows[0]["val_top1"])
     assert rows[1]["val_top1"] == 40.0
+
+
+def test_curve_legend_tells_train_dashed_from_eval_solid(tmp_path, monkeypatch):
+    from keepmix import viz
+    figures = []
+    monkeypatch.setattr(viz, "_save", lambda figure, path, dpi: figures.append(figure) or path)
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "train_acc": 10.0 * e, "val_top1": 9.0 * e}
+            for e in (1, 2, 3)]
+    viz.plot_curves({"cutout": rows, "keep_cutout": rows}, tmp_path / "x.png")
+    loss_ax, acc_ax = figures[0].axes
+    for ax, eval_name in ((loss_ax, "eval (solid)"), (acc_ax, "eval top-1 (solid)")):
+        legend = ax.get_legend()
+        texts = [t.get_text() for t in legend.get_texts()]
+        assert texts == ["train (dashed)", eval_name, "cutout", "keep_cutout"]
+        train, evaluation = legend.legend_handles[:2]
+        assert train.get_linestyle() != evaluation.get_linestyle() and train.get_marker() != evaluation.get_marker()
+        # each plotted curve carries the style its legend entry shows
+        styles = {line.get_linestyle() for line in ax.get_lines()}
+        assert styles == {train.get_linestyle(), evaluation.get_linestyle()}
+    import matplotlib.pyplot as plt
+    plt.close(figures[0])

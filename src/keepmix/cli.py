@@ -8,9 +8,12 @@
     keepmix bench [benchmark options]
     keepmix plot  RUN_DIR [RUN_DIR ...] [--out curves.png]
     keepmix list  [recipes|ops|models|datasets]
+    keepmix --version
 
-``keepmix train`` with no argument runs ``recipes/default.yaml``: Cutout against KeepCutout on the
-embedded SalientShapes data, same seed, and prints both accuracies side by side.
+``keepmix train`` with no argument runs ``recipes/default.yaml``: Cutout against KeepCutout (and
+its null control) on the embedded SalientShapes data, same seed, and prints the accuracies side by
+side. ``keepmix`` alone prints the help. Ctrl-C stops a training run with one line saying how to
+resume it (exit status 130).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import argparse
 import importlib
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import warnings
@@ -61,8 +66,11 @@ def _add_train(sub) -> None:
                         "recipe's own run folder (a damaged checkpoint.pt falls back to checkpoint.prev.pt)")
     p.add_argument("--stop-after-epoch", type=int, default=None, metavar="K",
                    help="stop once K epochs are done (resume later with --resume)")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
-    p.add_argument("--quiet", action="store_true", help="no bars and no per-epoch lines; only the summary")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no tqdm bars (they are only drawn when stderr is a terminal anyway)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no bars and no per-epoch lines on stdout (they still go to RUN/train.log); the summary "
+                        "table is printed")
     p.add_argument("--print-config", action="store_true",
                    help="check the config (building its ops) and print it as YAML; train nothing")
 
@@ -72,7 +80,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt or a run folder")
     p.add_argument("--data", help="data set name (default: the one the run trained on)")
     p.add_argument("--data-root", help="data folder")
-    p.add_argument("--split", default=None, help="split to evaluate (default: the run's eval split)")
+    p.add_argument("--split", default=None,
+                   help="evaluate this whole split (default: the run's own evaluation set — its eval split, or "
+                        "held-out part, and data.eval_size subset — the set its printed accuracies are on)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override data fields of the run's config, e.g. --set data.eval_size=1000")
     p.add_argument("--batch-size", type=int, default=None)
@@ -89,6 +99,8 @@ def _add_show(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--rows", type=int, default=6, help="images (rows) in the grid")
     p.add_argument("--split", default=None, help="split the images come from (default: the training split)")
+    p.add_argument("--data", help="data set name (default: the recipe's or run's)")
+    p.add_argument("--data-root", help="data folder (default: the recipe's data.root, relative to the recipe file)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="show.png", help="PNG file to write")
@@ -102,21 +114,32 @@ def _add_bench(sub) -> None:
 def _add_plot(sub) -> None:
     p = sub.add_parser("plot", help="plot training curves of one or more runs to PNG")
     p.add_argument("runs", nargs="+", help="run folders (or metrics.csv files)")
-    p.add_argument("--out", default=None, help="PNG file (default: curves.png in the first run folder)")
+    p.add_argument("--out", default=None,
+                   help="PNG file (default: one run → its own curves.png, redrawn; several runs → "
+                        "curves_A_vs_B….png in the current folder, so no run's own plot is overwritten)")
 
 
 def _add_list(sub) -> None:
-    p = sub.add_parser("list", help="list recipes, ops, models or data sets")
+    p = sub.add_parser("list", help="list recipes, ops, models or data sets, one per line with a description")
     p.add_argument("what", nargs="?", default="recipes", choices=["recipes", "ops", "models", "datasets"])
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keepmix", description="Saliency-guided data augmentation: "
-                                     "train, evaluate and inspect KeepAugment and GuidedMixup recipes.")
+                                     "train, evaluate and inspect KeepAugment and GuidedMixup recipes.",
+                                     epilog="Start with 'keepmix train' (the default comparison on embedded data); "
+                                            "'keepmix COMMAND --help' describes each command.")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_train, _add_eval, _add_show, _add_bench, _add_plot, _add_list):
         add(sub)
     return parser
+
+
+def _version() -> str:
+    from . import __version__
+    import torch
+    return f"keepmix {__version__} (torch {torch.__version__}, Python {sys.version.split()[0]})"
 
 
 # --------------------------------------------------------------------------- commands
@@ -161,7 +184,11 @@ def cmd_train(args) -> int:
             return _print_config(config)
         run_dir = target if target.is_dir() else target.parent
         trainer = Trainer(config, run_dir=run_dir, resume=target, quiet=args.quiet)
-        summary = trainer.fit(stop_after_epoch=args.stop_after_epoch)
+        try:
+            summary = trainer.fit(stop_after_epoch=args.stop_after_epoch)
+        except KeyboardInterrupt:
+            from .train import TrainingInterrupted
+            raise TrainingInterrupted(run_dir) from None
         from .train import format_summary
         if trainer.job.is_main:
             print(format_summary([summary]), flush=True)
@@ -195,12 +222,23 @@ def cmd_eval(args) -> int:
     config = apply_overrides(config, overrides)
     device = resolve_device(args.device, Distributed())
     if args.split is None:  # the run's own evaluation set (its split, held-out part and size)
-        _, _, images, labels, loaded = load_sets(config.data, eval_only=True)
-        split = f"{config.data.train_split} (held-out {config.data.val_fraction})" \
-            if config.data.val_fraction is not None else config.data.eval_split
+        cache: dict = {}
+        _, _, images, labels, loaded = load_sets(config.data, cache, eval_only=True)
+        split_size = max(int(entry[0].shape[0]) for entry in cache.values())
+        if config.data.val_fraction is not None:
+            split = config.data.train_split
+            which = f"held out ({config.data.val_fraction:g}) of the {split} split, the run's evaluation set"
+        else:
+            split = config.data.eval_split
+            which = "the run's evaluation set" + (f", {images.shape[0]} of its {split_size}"
+                                                   if images.shape[0] < split_size else f", all {split_size}")
+        subset = "run"
     else:
         split = args.split
         images, labels, loaded = load_split(config.data, split)
+        split_size = int(images.shape[0])
+        which = f"the whole split, all {split_size}"
+        subset = "all"
     if loaded.num_classes != payload["num_classes"]:
         raise ValueError(f"the checkpoint has {payload['num_classes']} classes, "
                          f"{config.data.name} has {loaded.num_classes}")
@@ -213,11 +251,11 @@ def cmd_eval(args) -> int:
                             or config.optim.batch_size, lambda x: normalize(x, mean, std), Distributed())
     metrics = evaluate(model, batches(), device=device, amp=config.amp if device.type == "cuda" else "none")
     metrics.update({"checkpoint": str(args.checkpoint), "data": config.data.name, "split": split,
-                    "epoch": payload["epoch"]})
+                    "subset": subset, "split_size": split_size, "epoch": payload["epoch"]})
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"{config.data.name} [{split}] {int(metrics['count'])} images, epoch {payload['epoch']}: "
+        print(f"{config.data.name} {split} split ({which}): {int(metrics['count'])} images, epoch {payload['epoch']}: "
               f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}")
     return 0
 
@@ -242,11 +280,16 @@ def cmd_show(args) -> int:
     from .viz import save_grid
 
     payload = None
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.name={_yaml_str(args.data)}")
+    if args.data_root:
+        overrides.append(f"data.root={_yaml_str(args.data_root)}")
     if args.checkpoint:
         payload = load_checkpoint(args.checkpoint)
-        config = apply_overrides(config_from_dict(payload["config"]), args.overrides)
+        config = apply_overrides(config_from_dict(payload["config"]), overrides)
     else:
-        config = load_recipe(args.recipe, args.overrides)
+        config = load_recipe(args.recipe, overrides)
     if args.ops:
         specs = [_parse_op(text) for text in args.ops]
     else:
@@ -314,34 +357,78 @@ def cmd_bench(args) -> int:
 
 def cmd_plot(args) -> int:
     from .viz import plot_curves, read_metrics
-    runs = {}
+    folders, tables = [], []
     for item in args.runs:
         path = Path(item)
         csv_path = path / "metrics.csv" if path.is_dir() else path
         if not csv_path.is_file():
             raise SystemExit(f"error: no metrics.csv at {csv_path}")
-        runs[path.name if path.is_dir() else path.parent.name] = read_metrics(csv_path)
-    first = Path(args.runs[0])
-    out = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "curves.png"
-    plot_curves(runs if len(runs) > 1 else next(iter(runs.values())), out)
+        folders.append(csv_path.parent)
+        tables.append(read_metrics(csv_path))
+    labels = _run_labels(folders)
+    if args.out:
+        out = Path(args.out)
+    elif len(folders) == 1:
+        out = folders[0] / "curves.png"  # the run's own plot, redrawn from its metrics
+    else:  # never overwrite a run's own curves.png with a comparison
+        out = Path("curves_" + "_vs_".join(re.sub(r"[^A-Za-z0-9_.-]+", "-", label) for label in labels) + ".png")
+    plot_curves(dict(zip(labels, tables)) if len(tables) > 1 else tables[0], out)
     print(f"wrote {out}")
     return 0
 
 
-def cmd_list(args) -> int:
-    if args.what == "recipes":
-        from .recipes import list_recipes
-        items = list_recipes()
-    elif args.what == "ops":
-        from .recipes import op_names
-        items = op_names()
-    elif args.what == "models":
+def _run_labels(folders: List[Path]) -> List[str]:
+    """Legend labels of run folders: their names, with parent folders added until they differ."""
+    depth = 1
+    while True:
+        labels = ["/".join(folder.resolve().parts[-depth:]) for folder in folders]
+        if len(set(labels)) == len(labels) or depth >= max(len(f.resolve().parts) for f in folders):
+            return labels
+        depth += 1
+
+
+def list_items(what: str) -> List[tuple]:
+    """``(name, one-line description)`` of every recipe, op, model or data set."""
+    if what == "recipes":
+        from .recipes import find_recipe, list_recipes, read_recipe
+        items = []
+        for name in list_recipes():
+            try:
+                text = str(read_recipe(find_recipe(name)).get("description") or "")
+            except (OSError, ValueError, TypeError) as error:  # a broken recipe still lists, with its problem
+                text = f"(cannot be read: {' '.join(str(error).split())})"
+            items.append((name, text))
+        return items
+    if what == "ops":
+        from .recipes import OP_PRESETS, op_names, resolve_op
+        items = []
+        for name in op_names():
+            cls, preset = resolve_op(name)
+            text = _first_line(cls.__doc__)
+            if name in OP_PRESETS:
+                text = f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in preset.items())}): " + text
+            items.append((name, text))
+        return items
+    if what == "models":
         from .models import MODELS
-        items = sorted(MODELS)
-    else:
-        from .data import available_datasets
-        items = available_datasets()
-    print("\n".join(items))
+        return [(name, _first_line(MODELS[name].__doc__)) for name in sorted(MODELS)]
+    from .data import DESCRIPTIONS, available_datasets
+    return [(name, DESCRIPTIONS.get(name, "")) for name in available_datasets()]
+
+
+def _first_line(text: Optional[str]) -> str:
+    """The first line of a docstring, without reST markup."""
+    for line in (text or "").strip().splitlines():
+        if line.strip():
+            line = re.sub(r":\w+:`~?([^`]+)`", lambda m: m.group(1).split(".")[-1], line.strip())
+            return line.replace("``", "").rstrip(".")
+    return ""
+
+
+def cmd_list(args) -> int:
+    items = list_items(args.what)
+    width = max(len(name) for name, _ in items) + 2
+    print("\n".join(f"{name:<{width}}{text}".rstrip() for name, text in items))
     return 0
 
 
@@ -352,9 +439,10 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "show": cmd_show, "bench": cmd
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``keepmix`` console script (and ``python -m keepmix``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv:
-        argv = ["train"]
     parser = build_parser()
+    if not argv:  # a bare 'keepmix' explains itself; it never starts a run
+        parser.print_help()
+        return 0
     if argv[0] == "bench":  # everything after 'bench' belongs to the benchmark's own parser
         return cmd_bench(argparse.Namespace(args=argv[1:]))
     args = parser.parse_args(argv)
@@ -365,6 +453,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return COMMANDS[args.command](args)
+    except KeyboardInterrupt as interrupt:
+        print(_interrupted_line(args.command, getattr(interrupt, "run_dir", None)), file=sys.stderr, flush=True)
+        return 130
+    except BrokenPipeError:  # 'keepmix list ops | head': the reader left; nothing to report
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
     except (ValueError, TypeError, OSError, RuntimeError) as error:
         if os.environ.get("KEEPMIX_DEBUG"):
             raise
@@ -372,6 +469,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     finally:
         _leave_process_group()
+
+
+def _interrupted_line(command: str, run_dir: Optional[Path]) -> str:
+    """The one line Ctrl-C prints: how to resume, when the run folder holds something to resume."""
+    if run_dir is None:
+        return f"keepmix {command}: interrupted"
+    run_dir = Path(run_dir)
+    saved = run_dir.is_dir() and ((run_dir / "recipe.yaml").is_file()
+                                  or any(run_dir.glob("checkpoint*.pt")) or any(run_dir.glob("*/checkpoint*.pt")))
+    if not saved:
+        return f"keepmix {command}: interrupted before anything was saved in {run_dir}; nothing to resume"
+    return f"keepmix {command}: interrupted; resume with: keepmix train --resume {shlex.quote(str(run_dir))}"
 
 
 _default_showwarning = warnings.showwarning

@@ -3,7 +3,9 @@
 A recipe is a YAML mapping with the fields of :class:`TrainConfig` (nested sections ``data``,
 ``model``, ``optim``). Unknown keys raise ``ValueError`` naming the key; every value is checked
 against its field's type. ``extends: other.yaml`` (a path relative to the recipe) deep-merges the
-recipe on top of another one, so the papers' settings live in one base file each.
+recipe on top of another one, so the papers' settings live in one base file each. Relative paths
+in a recipe (``data.root``, ``model.pretrained``) are relative to the recipe file that sets them,
+wherever the command runs; paths given on the command line are relative to the current folder.
 
 Overrides ``key=value`` (``--set optim.lr=0.05``) are typed by the field: the value is parsed as
 YAML (``0.05`` → float, ``[1, 2]`` → list, ``null`` → None) and then checked like a recipe value.
@@ -414,6 +416,7 @@ def read_recipe(path: PathLike, _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ValueError(f"recipe {path} must hold a mapping of config keys, got {type(data).__name__}")
+    _resolve_paths(data, path.parent)
     parent = data.pop("extends", None)
     if parent is None:
         return data
@@ -421,6 +424,26 @@ def read_recipe(path: PathLike, _seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
         raise TypeError(f"extends in {path} must be a path string, got {parent!r}")
     base = read_recipe(path.parent / parent, _seen + (path,))
     return _deep_merge(base, data)
+
+
+#: recipe fields holding file paths; relative ones are relative to the recipe file that sets them
+RECIPE_PATH_FIELDS = (("data", "root"), ("model", "pretrained"))
+
+
+def _resolve_paths(data: Dict[str, Any], folder: Path) -> None:
+    """Make the relative ``data.root`` / ``model.pretrained`` of one recipe file absolute, against ``folder``.
+
+    ``~`` is expanded; absolute paths stay as they are. Paths given on the command line
+    (``--data-root``, ``--set data.root=…``) are not touched here: they are relative to the
+    current folder, as paths on a command line are.
+    """
+    for section, key in RECIPE_PATH_FIELDS:
+        part = data.get(section)
+        if isinstance(part, dict) and isinstance(part.get(key), str) and part[key]:
+            value = os.path.expanduser(part[key])
+            if not os.path.isabs(value):
+                value = os.path.normpath(os.path.join(str(folder), value))
+            part[key] = value
 
 
 def yaml_error_line(error: "yaml.YAMLError") -> str:
@@ -452,11 +475,26 @@ def _apply_override_items(data: Dict[str, Any], overrides: Sequence[str]) -> Non
     for key, value in parsed:
         set_by_path(data, key, value)
     section = data.get("data") if isinstance(data.get("data"), dict) else {}
-    if section.get("name", DataConfig.name) != before and not any(key == "data" for key, _ in parsed):
+    if _same_dataset(section.get("name", DataConfig.name), before):
+        return
+    if not any(key == "data" for key, _ in parsed):
         section["kwargs"] = {}
         for key, value in parsed:  # only the kwargs given with the new name
             if key == "data.kwargs" or key.startswith("data.kwargs."):
                 set_by_path(data, key, value)
+
+
+def _same_dataset(a: Any, b: Any) -> bool:
+    """Whether two data set spellings name the same set (``salient-shapes`` is ``salient_shapes``)."""
+    if a == b:
+        return True
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    from .data import canonical_name
+    try:
+        return canonical_name(a) == canonical_name(b)
+    except ValueError:
+        return False
 
 
 def parse_override(item: str) -> Tuple[str, Any]:

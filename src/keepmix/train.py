@@ -17,7 +17,8 @@ What one run writes under ``runs/<name>/``: ``config.yaml``; ``metrics.csv`` (on
 epoch, step, lr, train loss/accuracy, eval loss/top-1/top-5, seconds, and every op's fidelity
 statistics — fallback rate and count, λ mean, share of saliency kept); ``checkpoint.pt`` (written
 atomically every epoch, with a SHA-256 of its payload) and ``checkpoint.prev.pt`` (the epoch
-before); ``curves.png``; TensorBoard events when ``tensorboard`` is installed. Checkpoint and
+before); ``curves.png``; ``train.log`` (the epoch lines, as printed); TensorBoard events when
+``tensorboard`` is installed. Checkpoint and
 folder I/O lives in :mod:`keepmix.engine.checkpoint`: checkpoints hold only tensors and plain
 data and are opened with ``weights_only=True``, so opening a shared run never runs its code.
 
@@ -582,7 +583,8 @@ class Trainer:
         config: the run's config (``arms`` must be empty: expand them with :func:`expand_arms`).
         run_dir: output folder (default ``output_dir/name``).
         resume: continue from the checkpoint in ``run_dir`` (or this path).
-        quiet: no per-epoch lines (the tqdm bars follow ``config.progress``).
+        quiet: no per-epoch lines on stdout (they still go to ``train.log``); tqdm bars follow
+            ``config.progress`` and appear only when stderr is a terminal.
         data: a :class:`RunData` to use instead of loading the config's data set (tests, notebooks);
             with image-level policies among the ops it must deliver raw pixels (see :func:`prepare_data`).
         data_cache: a dict shared between runs so that loaded splits are reused (the arms of a recipe).
@@ -717,7 +719,7 @@ class Trainer:
         self.augment.stats = OpStats()
         sums = torch.zeros(3, device=self.device)
         bar = None
-        if self.config.progress and self.job.is_main:
+        if self.config.progress and self.job.is_main and _is_terminal(sys.stderr):
             from tqdm.auto import tqdm
             bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.config.optim.epochs}",
                        leave=False, dynamic_ncols=True, file=sys.stderr)
@@ -749,6 +751,10 @@ class Trainer:
         with self._writing(), collective_errors(self.job):
             if self.job.is_main:
                 atomic_write(self.run_dir / "config.yaml", config_to_yaml(config))
+                if self.epoch < config.optim.epochs and (stop_after_epoch is None or self.epoch < stop_after_epoch):
+                    self._log(f"[{config.name}] " + (f"resumed from {self.resumed_from} after epoch {self.epoch}"
+                                                     if self.resumed_from is not None else
+                                                     f"started: {config.optim.epochs} epochs"))
             writer = self._tensorboard()
             while self.epoch < config.optim.epochs:
                 if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
@@ -777,8 +783,10 @@ class Trainer:
                             if key not in ("epoch", "step") and isinstance(value, float) and not math.isnan(value):
                                 writer.add_scalar(key.replace(".", "/"), value, self.epoch)
                         writer.flush()
+                    line = self._epoch_line(row)
+                    self._log(line)
                     if not self.quiet:
-                        print(self._epoch_line(row), flush=True)
+                        print(line, flush=True)
             if writer is not None:
                 writer.close()
             if self.job.is_main and self.history:
@@ -851,6 +859,11 @@ class Trainer:
             parts.append(f"eval loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}% top-5 {row['val_top5']:.2f}%")
         parts.append(f"{row['time']:.1f}s")
         return "  ".join(parts)
+
+    def _log(self, line: str) -> None:
+        """Append a line to the run folder's ``train.log`` (rank 0; the epoch lines, also under ``--quiet``)."""
+        with open(self.run_dir / LOG_NAME, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
 
     def _tensorboard(self):
         if not (self.config.tensorboard and self.job.is_main):
@@ -1074,10 +1087,16 @@ def run(config: TrainConfig, *, arms: Optional[Sequence[str]] = None, resume: bo
         stop_after_epoch: Optional[int] = None, data: Optional[RunData] = None) -> List[Dict[str, Any]]:
     """Train every arm of a recipe (or the recipe itself when it has none); print the comparison.
 
-    Output: ``output_dir/name`` (``name-2``… when it exists and ``resume`` is off), one sub-folder
-    per arm, plus ``recipe.yaml``, ``summary.csv`` and ``curves.png`` overlaying the arms. With
-    ``resume`` each arm continues from its checkpoint when there is one (finished arms are only
-    reported; a damaged ``checkpoint.pt`` falls back to ``checkpoint.prev.pt``).
+    Output: ``output_dir/name`` — when that folder exists and ``resume`` is off, ``name-2``
+    (``-3``…) and the run is *renamed* ``name-2`` (its epoch lines, config, summary and curves
+    say so) — with one sub-folder per arm, plus ``recipe.yaml`` (the recipe with only the arms
+    this run trains: ``arms`` selects them), ``summary.csv`` and ``curves.png`` overlaying the
+    arms; each run folder also gets ``train.log``, its epoch lines. With ``resume`` each arm
+    continues from its checkpoint when there is one (finished arms are only reported; a damaged
+    ``checkpoint.pt`` falls back to ``checkpoint.prev.pt``); without ``arms`` only the arms the
+    folder's ``recipe.yaml`` records are resumed. The summary table is printed even when
+    ``quiet``. Ctrl-C raises :class:`TrainingInterrupted` naming the run folder (the lock is
+    released; the last checkpoint is intact).
 
     Nothing is written until every arm's ops build (:func:`validate_build`), the output folder
     can be created, every checkpoint a resume would continue matches its arm
@@ -1088,7 +1107,19 @@ def run(config: TrainConfig, *, arms: Optional[Sequence[str]] = None, resume: bo
     main = _is_main_env()
     base = Path(run_dir) if run_dir is not None else Path(config.output_dir) / config.name
     if not resume and run_dir is None:
+        wanted = base
         base = unique_run_dir(base) if main else base
+        if base != wanted:
+            config = renamed_run(config, base)
+            print(f"keepmix: {wanted} exists; this run is {config.name!r} in {base}", file=sys.stderr, flush=True)
+    if arms is None and resume and config.arms:
+        recorded = _recorded_arms(base)  # resume only the arms the run was started with
+        if recorded is not None and set(recorded) <= {arm.name for arm in config.arms}:
+            arms = recorded
+    if arms and config.arms:  # recipe.yaml records only the arms this run trains
+        selected = config_to_dict(config)
+        selected["arms"] = [arm for arm in selected["arms"] if arm["name"] in arms]
+        config = config_from_dict(selected)
     expanded = expand_arms(config, arms)
     for _, arm_config in expanded:
         validate_build(arm_config)
@@ -1122,18 +1153,71 @@ def run(config: TrainConfig, *, arms: Optional[Sequence[str]] = None, resume: bo
                 remove_stale_temps(base)
                 ensure_space(base, trainer._checkpoint_bytes(), runs=len(expanded))
                 atomic_write(base / "recipe.yaml", config_to_yaml(config))
-            summary = trainer.fit(stop_after_epoch=stop_after_epoch)
+            try:
+                summary = trainer.fit(stop_after_epoch=stop_after_epoch)
+            except KeyboardInterrupt:
+                raise TrainingInterrupted(base) from None
             summary["arm"] = arm_name
             summaries.append(summary)
         if main:
             if len(summaries) > 1:
                 _write_comparison(base, summaries)
-            if not quiet or len(summaries) > 1:
-                print(format_summary(summaries), flush=True)
+            print(format_summary(summaries), flush=True)  # also under --quiet: the summary is the result
         return summaries
     finally:
         lock.release()
         remove_if_empty(created)
+
+
+def _is_terminal(stream) -> bool:
+    """Whether ``stream`` is an interactive terminal (progress bars go only there, never into a redirected log)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+#: the text log each run folder gets: its epoch lines (what is printed, also under --quiet)
+LOG_NAME = "train.log"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run`: carries the run folder so the command line can say how to resume."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(str(run_dir))
+        self.run_dir = Path(run_dir)
+
+
+def renamed_run(config: TrainConfig, base: Path) -> TrainConfig:
+    """``config`` renamed after the folder it really goes to: ``name`` → ``name-2`` when ``unique_run_dir`` moved it.
+
+    The run's epoch lines, ``config.yaml``, ``recipe.yaml``, summary and curves then name the
+    folder the files are in.
+    """
+    original = Path(config.name).name
+    if base.name == original or not base.name.startswith(original):
+        return config
+    data = config_to_dict(config)
+    data["name"] = config.name + base.name[len(original):]
+    return config_from_dict(data)
+
+
+def _recorded_arms(base: Path) -> Optional[List[str]]:
+    """The arms a run folder was started with (from its ``recipe.yaml``), or None when it has none."""
+    recipe = base / "recipe.yaml"
+    if not recipe.is_file():
+        return None
+    import yaml
+    try:
+        data = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    arms = data.get("arms") if isinstance(data, dict) else None
+    if not isinstance(arms, list):
+        return None
+    names = [arm.get("name") for arm in arms if isinstance(arm, dict)]
+    return [n for n in names if isinstance(n, str)] or None
 
 
 def _is_main_env() -> bool:
@@ -1180,7 +1264,7 @@ def _num(value, digits: int = 2) -> str:
 
 __all__ = [
     "Augmentation", "CHECKPOINT_VERSION", "CheckpointError", "Distributed", "DistributedError", "OpStats", "RunData",
-    "TrainNet", "Trainer", "all_reduce_sum", "autocast_context", "RUNTIME_FIELDS", "build_optimizer", "capture_rng",
+    "TrainNet", "Trainer", "TrainingInterrupted", "all_reduce_sum", "autocast_context", "RUNTIME_FIELDS", "build_optimizer", "capture_rng",
     "check_resumable", "config_differences", "evaluate", "format_summary", "init_distributed", "learning_rate",
     "load_checkpoint", "load_sets", "load_split", "op_display_names", "prepare_data", "ShardedLoader", "resolve_device",
     "restore_rng", "run", "save_checkpoint", "sync_buffers", "topk_correct", "unique_run_dir", "validate_build",

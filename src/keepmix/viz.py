@@ -141,13 +141,19 @@ def _series(rows: Sequence[Mapping[str, float]], key: str) -> Tuple[List[float],
     return xs, ys
 
 
+#: how train and eval curves are drawn (and keyed in the legend)
+TRAIN_STYLE = {"linestyle": (0, (5, 2)), "marker": "s", "markerfacecolor": "none", "linewidth": 1.2}
+EVAL_STYLE = {"linestyle": "-", "marker": "o", "linewidth": 1.8}
+
+
 def plot_curves(runs: Union[Sequence[Mapping[str, float]], Mapping[str, Sequence[Mapping[str, float]]]],
                 path: PathLike, *, title: Optional[str] = None, dpi: int = 110) -> Path:
     """Loss (train and eval) and accuracy (train and eval top-1) per epoch, to a PNG.
 
     ``runs`` is one run's metric rows (dicts with ``epoch``, ``train_loss``, ``train_acc``,
     ``val_loss``, ``val_top1``) or a mapping ``label → rows`` to overlay several runs; train
-    curves are dashed, eval curves solid. Accuracies are in percent.
+    curves are dashed with hollow squares, eval curves solid with dots, and the legend keys both
+    styles ("train (dashed)", "eval (solid)") apart from the run colours. Accuracies are in percent.
     """
     if isinstance(runs, Mapping):
         labelled = list(runs.items())
@@ -156,25 +162,41 @@ def plot_curves(runs: Union[Sequence[Mapping[str, float]], Mapping[str, Sequence
     if not labelled or all(len(rows) == 0 for _, rows in labelled):
         raise ValueError("plot_curves needs at least one metrics row")
     plt = _pyplot()
+    from matplotlib.lines import Line2D
     figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
     colours = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0", "C1", "C2", "C3"])
+    drawn = {loss_ax: set(), acc_ax: set()}
     for index, (label, rows) in enumerate(labelled):
         colour = colours[index % len(colours)]
-        prefix = f"{label} " if label else ""
-        for ax, key, style, name in ((loss_ax, "train_loss", "--", "train"), (loss_ax, "val_loss", "-", "eval"),
-                                     (acc_ax, "train_acc", "--", "train"), (acc_ax, "val_top1", "-", "eval top-1")):
+        for ax, key, kind in ((loss_ax, "train_loss", "train"), (loss_ax, "val_loss", "eval"),
+                              (acc_ax, "train_acc", "train"), (acc_ax, "val_top1", "eval")):
             xs, ys = _series(rows, key)
             if xs:
-                ax.plot(xs, ys, style, color=colour, marker="o" if len(xs) < 30 else None, markersize=3,
-                        label=f"{prefix}{name}")
+                style = dict(TRAIN_STYLE if kind == "train" else EVAL_STYLE)
+                if len(xs) >= 30:
+                    style["marker"] = None
+                ax.plot(xs, ys, color=colour, markersize=3, **style)
+                drawn[ax].add(kind)
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("loss")
     acc_ax.set_xlabel("epoch")
     acc_ax.set_ylabel("accuracy (%)")
-    for ax in (loss_ax, acc_ax):
+    # the legend keys the two things apart: line style = train (dashed, hollow squares) or eval (solid,
+    # dots), drawn in gray with long handles; colour = the run (when there are several)
+    for ax, eval_name in ((loss_ax, "eval"), (acc_ax, "eval top-1")):
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+        handles, names = [], []
+        for kind, name in (("train", "train (dashed)"), ("eval", f"{eval_name} (solid)")):
+            if kind in drawn[ax]:
+                handles.append(Line2D([], [], color="0.3", markersize=4, **(TRAIN_STYLE if kind == "train"
+                                                                            else EVAL_STYLE)))
+                names.append(name)
+        if len(labelled) > 1 or labelled[0][0]:
+            for index, (label, _) in enumerate(labelled):
+                handles.append(Line2D([], [], color=colours[index % len(colours)], linewidth=4))
+                names.append(label)
+        if handles:
+            ax.legend(handles, names, fontsize=7, handlelength=4)
     if title:
         figure.suptitle(title, fontsize=10)
     return _save(figure, path, dpi)

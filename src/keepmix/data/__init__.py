@@ -2,7 +2,7 @@
 
 :func:`load_dataset` is the one entry point::
 
-    data = load_dataset("salient-shapes", split="train")          # no files needed
+    data = load_dataset("salient_shapes", split="train")          # no files needed
     data = load_dataset("cifar10", "~/data", "train", download=True)
     data = load_dataset("cub200", "~/data/CUB_200_2011", "test", image_size=224)
 
@@ -46,7 +46,7 @@ from .synthetic import SALIENT_SHAPES_MEAN, SALIENT_SHAPES_STD, SalientShapes, m
 from .tiny_imagenet import tiny_imagenet
 
 __all__ = [
-    "LoadedDataset", "load_dataset", "available_datasets", "NORMALIZATION",
+    "LoadedDataset", "load_dataset", "available_datasets", "canonical_name", "DESCRIPTIONS", "NORMALIZATION",
     "SalientShapes", "make_templates", "TensorData", "load_cifar10", "load_cifar100", "read_cifar_pickle",
     "ImageFileDataset", "image_folder", "read_image", "resize_image", "tiny_imagenet", "cub200",
     "stanford_cars", "fgvc_aircraft", "caltech101", "flowers102",
@@ -63,10 +63,10 @@ IMAGENET_STATS: Tuple[Stats, Stats] = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.2
 
 #: (mean, std) per registered name, on the 0–1 scale
 NORMALIZATION: Dict[str, Tuple[Stats, Stats]] = {
-    "salient-shapes": (SALIENT_SHAPES_MEAN, SALIENT_SHAPES_STD),
+    "salient_shapes": (SALIENT_SHAPES_MEAN, SALIENT_SHAPES_STD),
     "cifar10": CIFAR10_STATS,
     "cifar100": CIFAR100_STATS,
-    "tiny-imagenet": IMAGENET_STATS,
+    "tiny_imagenet": IMAGENET_STATS,
     "imagefolder": IMAGENET_STATS,
     "cub200": IMAGENET_STATS,
     "cars": IMAGENET_STATS,
@@ -146,13 +146,13 @@ def _no_download(name: str, download: bool) -> None:
 
 def _salient_shapes(root, split, download, strict, n_per_class: Optional[int] = None, seed: int = 0, **options):
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test' for 'salient-shapes', got {split!r}")
+        raise ValueError(f"split must be 'train' or 'test' for 'salient_shapes', got {split!r}")
     if n_per_class is None:
         n_per_class = 1000 if split == "train" else 500
     split_seed = seed if split == "train" else seed + SALIENT_SHAPES_TEST_SEED_OFFSET
     shapes = SalientShapes(n_per_class, seed=split_seed, **options)
-    mean, std = NORMALIZATION["salient-shapes"]
-    return LoadedDataset("salient-shapes", split, shapes.images, shapes, shapes.labels, shapes.num_classes,
+    mean, std = NORMALIZATION["salient_shapes"]
+    return LoadedDataset("salient_shapes", split, shapes.images, shapes, shapes.labels, shapes.num_classes,
                          list(shapes.class_names), mean, std, shapes.image_size, shapes.boxes, shapes.masks)
 
 
@@ -174,10 +174,10 @@ def _files(name: str, loader: Callable[..., ImageFileDataset]):
 
 
 _REGISTRY: Dict[str, Callable[..., LoadedDataset]] = {
-    "salient-shapes": _salient_shapes,
+    "salient_shapes": _salient_shapes,
     "cifar10": _cifar10,
     "cifar100": _cifar100,
-    "tiny-imagenet": _files("tiny-imagenet", tiny_imagenet),
+    "tiny_imagenet": _files("tiny_imagenet", tiny_imagenet),
     "imagefolder": _files("imagefolder", image_folder),
     "cub200": _files("cub200", cub200),
     "cars": _files("cars", stanford_cars),
@@ -187,10 +187,38 @@ _REGISTRY: Dict[str, Callable[..., LoadedDataset]] = {
 }
 
 
-_ALIASES = {"cifar-10": "cifar10", "cifar-100": "cifar100", "tinyimagenet": "tiny-imagenet",
-            "cub": "cub200", "cub-200-2011": "cub200", "stanford-cars": "cars", "fgvc-aircraft": "aircraft",
-            "caltech-101": "caltech101", "flowers-102": "flowers102", "salientshapes": "salient-shapes",
-            "image-folder": "imagefolder"}
+#: other spellings (after lower-casing and turning ``-`` into ``_``: ``salient-shapes`` is ``salient_shapes``)
+_ALIASES = {"cifar_10": "cifar10", "cifar_100": "cifar100", "tinyimagenet": "tiny_imagenet",
+            "cub": "cub200", "cub_200_2011": "cub200", "stanford_cars": "cars", "fgvc_aircraft": "aircraft",
+            "caltech_101": "caltech101", "flowers_102": "flowers102", "salientshapes": "salient_shapes",
+            "image_folder": "imagefolder"}
+
+
+#: one line per data set, for ``keepmix list datasets``
+DESCRIPTIONS: Dict[str, str] = {
+    "salient_shapes": "embedded: 10 classes of 8×8 glyphs on cluttered 32×32 backgrounds, generated in memory",
+    "cifar10": "CIFAR-10, the official python pickles (data.download: true fetches them)",
+    "cifar100": "CIFAR-100, the official python pickles (data.download: true fetches them)",
+    "tiny_imagenet": "Tiny-ImageNet-200 folder (200 classes, 64×64; val = test)",
+    "imagefolder": "any ROOT/<split>/<class>/*.jpg folder",
+    "cub200": "CUB-200-2011 birds, its published layout",
+    "cars": "Stanford Cars, its published layout (.mat files: keepmix[fgvc])",
+    "aircraft": "FGVC-Aircraft 2013b, its published layout",
+    "caltech101": "Caltech-101 (seeded stratified 0.8/0.2 split)",
+    "flowers102": "Oxford Flowers-102, its published layout (.mat files: keepmix[fgvc])",
+}
+
+
+def canonical_name(name: str) -> str:
+    """The registered name of a data set spelling (``salient-shapes``, ``Salient_Shapes`` → ``salient_shapes``);
+    ValueError for an unknown one."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string, got {type(name).__name__}")
+    key = name.strip().lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown data set {name!r}; available: {', '.join(_REGISTRY)}")
+    return key
 
 
 def available_datasets() -> List[str]:
@@ -198,13 +226,14 @@ def available_datasets() -> List[str]:
     return list(_REGISTRY)
 
 
-def load_dataset(name: str = "salient-shapes", root: Union[str, os.PathLike, None] = None, split: str = "train",
+def load_dataset(name: str = "salient_shapes", root: Union[str, os.PathLike, None] = None, split: str = "train",
                  download: bool = False, strict: bool = False, **options) -> LoadedDataset:
     """Load one split of a registered data set.
 
     Args:
-        name: one of :func:`available_datasets` (case-insensitive; ``_`` and ``-`` alike).
-        root: the data folder (not used by ``"salient-shapes"``).
+        name: one of :func:`available_datasets` (case-insensitive; ``-`` is read as ``_``, so
+            ``salient-shapes`` is ``salient_shapes``).
+        root: the data folder (not used by ``"salient_shapes"``).
         split: ``"train"``/``"test"`` everywhere; ``"val"``/``"trainval"`` where the set has
             them (Tiny-ImageNet ``val`` = ``test``; Aircraft, Flowers-102). ``"imagefolder"``
             reads ``root/<split>/<class>/``, or ``root/<class>/`` with ``split=None``.
@@ -217,10 +246,4 @@ def load_dataset(name: str = "salient-shapes", root: Union[str, os.PathLike, Non
     Returns:
         :class:`LoadedDataset`.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a string, got {type(name).__name__}")
-    key = name.strip().lower().replace("_", "-")
-    key = _ALIASES.get(key, key)
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown data set {name!r}; available: {', '.join(_REGISTRY)}")
-    return _REGISTRY[key](root, split, download, strict, **options)
+    return _REGISTRY[canonical_name(name)](root, split, download, strict, **options)
