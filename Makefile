@@ -1,15 +1,18 @@
 # Set-up and main commands. `make train` and `make test` each create the virtual
 # environment on first use (.venv, with torch pinned to the machine's build).
+# TORCH_INDEX: where torch comes from, e.g. https://download.pytorch.org/whl/cpu for the CPU-only
+# build on a Linux machine without a GPU (PyPI's default Linux wheel is the CUDA build).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
 .PHONY: install train test bench show clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
