@@ -2,6 +2,7 @@
 
     python tools/readme_numbers.py            # train the default recipe for seeds 0, 1, 2, rewrite README.md
     python tools/readme_numbers.py --reuse    # rewrite from the finished runs under runs/readme/ only
+    python tools/readme_numbers.py --launches # rewrite only the operator-call table (deterministic, ~1 min)
 
 Each seed is `keepmix train --set seed=S --set name=readme/default_seedS` (all three arms of the default
 recipe: Cutout, KeepCutout, KeepCutout with random maps). The block between the
@@ -99,11 +100,39 @@ def render(seeds) -> str:
     return "\n".join(out)
 
 
-def rewrite(readme: Path, block: str) -> None:
+LAUNCH_BEGIN, LAUNCH_END = "<!-- numbers:launches -->", "<!-- /numbers:launches -->"
+LAUNCH_BATCHES = (16, 64, 256)
+
+
+def render_launches() -> str:
+    """Operator calls per op call at B = 16/64/256 (32 px) and 64 at 224 px, host reads with checks on
+    and off, graph breaks under fullgraph tracing — all deterministic — from keepmix.launches."""
+    sys.path.insert(0, str(ROOT / "src"))
+    import torch
+    from keepmix.launches import CASES, format_table, table
+    torch.set_num_threads(1)
+    rows = table(list(CASES), batches=LAUNCH_BATCHES, repeats=1)
+    lines = [LAUNCH_BEGIN, "", f"torch {torch.__version__}, CPU; `python benchmarks/launches.py` prints it with "
+             "wall times (written here without them: they depend on the machine).", ""]
+    head = ["op", *(f"calls B={b}" for b in LAUNCH_BATCHES), "calls 224 px", "budget", "host reads on/off",
+            "graph breaks"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([r["op"], *(str(r[f"calls@{b}"]) for b in LAUNCH_BATCHES),
+                                        str(r["calls@224"]), str(r["budget"]),
+                                        f"{r[f'syncs@{LAUNCH_BATCHES[0]}']}/{r['syncs_off']}",
+                                        str(r["breaks"])]) + " |")
+    lines += ["", "Budgets above the issue's, and why:", ""]
+    lines += [f"- {name}: {case.note}" for name, case in CASES.items() if case.note]
+    lines += ["", "Written by `python tools/readme_numbers.py --launches`.", "", LAUNCH_END]
+    return "\n".join(lines)
+
+
+def rewrite(readme: Path, block: str, begin: str = BEGIN, end: str = END) -> None:
     text = readme.read_text(encoding="utf-8")
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     if not pattern.search(text):
-        raise SystemExit(f"{readme}: no {BEGIN} … {END} block to rewrite")
+        raise SystemExit(f"{readme}: no {begin} … {end} block to rewrite")
     readme.write_text(pattern.sub(lambda _: block, text), encoding="utf-8")
 
 
@@ -112,7 +141,13 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--reuse", action="store_true", help="do not train; use the finished runs")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--launches", action="store_true", help="rewrite only the operator-call table")
     args = parser.parse_args(argv)
+    if args.launches:
+        block = render_launches()
+        rewrite(args.readme, block, LAUNCH_BEGIN, LAUNCH_END)
+        print(block)
+        return 0
     if not args.reuse:
         for seed in args.seeds:
             print(f"training seed {seed}: {command(seed)}", flush=True)

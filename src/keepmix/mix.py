@@ -38,9 +38,8 @@ def guided_mask(maps: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
     """
     check_maps(maps, "maps")
     s = (maps if maps.dtype == torch.float32 else maps.float()).clamp_min(0)
-    other = s.index_select(0, partner)
-    total = s + other
-    return torch.where(total > 0, s / total.clamp_min(torch.finfo(torch.float32).tiny), torch.full_like(s, 0.5))
+    total = s + s.index_select(0, partner)
+    return torch.where(total > 0, s / total, 0.5)  # 0/0 where both are 0 is computed, then replaced by ½
 
 
 def mix_images(images: torch.Tensor, partner: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:

@@ -84,16 +84,17 @@ def window_scores(saliency: torch.Tensor, size: SizeLike) -> torch.Tensor:
     height, width = saliency.shape[-2:]
     if h > height or w > width:
         raise ValueError(f"size ({h}, {w}) must fit inside the {height}×{width} maps")
-    if h + w <= _POOL_LIMIT:  # small windows: two direct 1-d sums, a handful of kernels
+    if h + w <= _POOL_LIMIT:  # small windows: two direct 1-d sums (convolutions with ones), 4 kernels
         s = saliency.unsqueeze(1) if saliency.dtype == torch.float32 else saliency.float().unsqueeze(1)
-        rows = F.avg_pool2d(s, (1, w), stride=1, divisor_override=1)
-        return F.avg_pool2d(rows, (h, 1), stride=1, divisor_override=1).squeeze(1)
+        rows = F.conv2d(s, _ones((1, 1, 1, w), s.device))
+        return F.conv2d(rows, _ones((1, 1, h, 1), s.device)).squeeze(1)
     ii = integral_image(saliency)
     table = ii.table
     return ii.values(table[:, h:, w:] - table[:, :-h, w:] - table[:, h:, :-w] + table[:, :-h, :-w])
 
 
-#: windows with h + w up to this are summed directly (separable, O(HW(h+w)) work in 4 kernels);
+#: windows with h + w up to this are summed directly (separable, O(HW(h+w)) work in 4 kernels —
+#: exact to float32 rounding of each sum, no cancellation);
 #: larger ones through the integral image (O(HW) work in ~20 kernels)
 _POOL_LIMIT = 32
 
@@ -236,8 +237,16 @@ def sample_windows(scores: torch.Tensor, threshold: torch.Tensor, below: bool = 
 
 
 @functools.lru_cache(maxsize=128)
+def _ones(shape: Tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A float32 kernel of ones, made once per (shape, device)."""
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.ones(shape, device=device)
+
+
+@functools.lru_cache(maxsize=128)
 def _grid(n: int, device: torch.device) -> torch.Tensor:
-    """0 … n−1 (int64) on ``device``, made once per (n, device): no arange launch per call."""
+    """0 … n−1 (int64) on ``device``, made once per (n, device): no arange launch per call
+    (its ``view`` is a launch too: callers reshape the other operand instead where they can)."""
     with torch.inference_mode(False), torch.no_grad():
         return torch.arange(n, device=device)
 
@@ -251,13 +260,14 @@ def box_masks(top: torch.Tensor, left: torch.Tensor, height: Union[int, torch.Te
     and column indices by broadcasting: a dozen operator calls whatever the batch size.
     """
     rows, cols = size
-    r, c = _grid(rows, top.device), _grid(cols, top.device)
-    t, l = top.unsqueeze(-1), left.unsqueeze(-1)
-    h = height.unsqueeze(-1) if isinstance(height, torch.Tensor) else height
-    w = width.unsqueeze(-1) if isinstance(width, torch.Tensor) else width
-    in_rows = (r >= t) & (r < t + h)
-    in_cols = (c >= l) & (c < l + w)
-    return in_rows.unsqueeze(-1) & in_cols.unsqueeze(-2)
+    r, c = _grid(rows, top.device).view(rows, 1), _grid(cols, top.device)  # cached: no launch
+    shape = (*top.shape, 1, 1)
+    t, l = top.view(shape), left.view(shape)
+    h = height.view(shape) if isinstance(height, torch.Tensor) else height
+    w = width.view(shape) if isinstance(width, torch.Tensor) else width
+    in_rows = (r >= t) & (r < t + h)  # (…)×H×1
+    in_cols = (c >= l) & (c < l + w)  # (…)×1×W
+    return in_rows & in_cols
 
 
 def clipped_boxes(centre_y: torch.Tensor, centre_x: torch.Tensor, height, width, size: Tuple[int, int]
