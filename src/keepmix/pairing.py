@@ -4,7 +4,7 @@ A pairing is a permutation ``partner`` (B,) int64 of the batch with no fixed
 point: image i is mixed with image ``partner[i]``.
 
 * :func:`saliency_distance` — the B×B Euclidean distances between flattened
-  saliency maps (GuidedMixup's pair compatibility), without a B·B·HW tensor.
+  saliency maps (GuidedMixup's pair compatibility), each pair once, without a B·B·HW tensor.
 * :func:`greedy_pairing` — GuidedMixup's greedy farthest-first single cycle
   (its Algorithm 1), one custom operator (NumPy on the CPU, device steps elsewhere).
 * :func:`random_pairing` — a uniformly random single cycle (a derangement).
@@ -12,6 +12,7 @@ point: image i is mixed with image ``partner[i]``.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import numpy as np
@@ -25,14 +26,27 @@ def saliency_distance(maps: torch.Tensor) -> torch.Tensor:
     """Euclidean distance between every pair of maps.
 
     ``D[i, j] = ‖vec(s_i) − vec(s_j)‖₂``, float32 B×B, symmetric, zero diagonal.
-    Computed pairwise by ``torch.cdist`` without the matrix-product shortcut,
-    so there is no cancellation error and no B·B·HW intermediate.
+    Computed once per unordered pair by ``torch.pdist`` (direct differences: no
+    matrix-product shortcut, so no cancellation error — identical maps are exactly
+    0 apart — and no B·B·HW intermediate), then written to both triangles.
     """
     check_maps(maps, "maps")
     flat = maps.flatten(1)
     flat = flat if flat.dtype == torch.float32 else flat.float()
-    return torch.cdist(flat.unsqueeze(0), flat.unsqueeze(0),
-                       compute_mode="donot_use_mm_for_euclid_dist").squeeze(0)
+    batch = flat.shape[0]
+    if batch < 2:
+        return flat.new_zeros((batch, batch))
+    rows, cols = _upper_pairs(batch, flat.device)
+    pairs = torch.pdist(flat)
+    return flat.new_zeros((batch, batch)).index_put_((rows, cols), pairs).index_put_((cols, rows), pairs)
+
+
+@functools.lru_cache(maxsize=32)
+def _upper_pairs(batch: int, device: torch.device):
+    """(rows, cols) of the strict upper triangle in ``torch.pdist``'s order, made once per (B, device)."""
+    with torch.inference_mode(False), torch.no_grad():
+        rows, cols = torch.triu_indices(batch, batch, 1, device=device)
+        return rows, cols
 
 
 def greedy_pairing(distance: torch.Tensor) -> torch.Tensor:
