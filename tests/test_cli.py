@@ -150,6 +150,10 @@ ops: [{name: cutout, length: 6}]
 """
 
 
+#: the same, small enough for in-process runs
+SMALL_RECIPE = ONE_ARM_RECIPE.replace("n_per_class: 20", "n_per_class: 6").replace("epochs: 4", "epochs: 2")
+
+
 def epoch_lines(text):
     return [line for line in text.splitlines() if "] epoch " in line]
 
@@ -220,7 +224,7 @@ def test_resume_of_a_run_started_with_one_arm_trains_only_that_arm(tmp_path, cap
 def test_quiet_single_run_prints_the_summary_and_logs_epochs_to_train_log(tmp_path, capsys):
     from keepmix.cli import main
     recipe = tmp_path / "solo.yaml"
-    recipe.write_text(ONE_ARM_RECIPE.replace("epochs: 4", "epochs: 2"))
+    recipe.write_text(SMALL_RECIPE)
     assert main(["train", str(recipe), "--output-dir", str(tmp_path / "runs"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "top-1 %" in out and "solo" in out and "metrics.csv" in out
@@ -234,7 +238,7 @@ def test_a_second_run_of_the_same_name_is_renamed_name_2_everywhere(tmp_path, ca
     import yaml
     from keepmix.cli import main
     recipe = tmp_path / "solo.yaml"
-    recipe.write_text(ONE_ARM_RECIPE.replace("epochs: 4", "epochs: 1"))
+    recipe.write_text(SMALL_RECIPE.replace("epochs: 2", "epochs: 1"))
     args = ["train", str(recipe), "--output-dir", str(tmp_path / "runs"), "--name", "same"]
     assert main(args) == 0
     capsys.readouterr()
@@ -264,15 +268,17 @@ def test_failed_runs_leave_no_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_names_the_set_it_evaluates(trained):
+def test_eval_names_the_set_it_evaluates(trained, capsys):
+    from keepmix.cli import main
     root, _, _ = trained
-    checkpoint = root / "runs" / "tiny" / "keep_cutout" / "checkpoint.pt"
-    own = keepmix("eval", "--checkpoint", checkpoint, "--set", "data.eval_size=9", cwd=root).stdout
-    whole = keepmix("eval", "--checkpoint", checkpoint, "--split", "test", cwd=root).stdout
-    assert "test split (the run's evaluation set, 9 of its 18): 9 images" in own
-    assert "test split (the whole split, all 18): 18 images" in whole
-    metrics = json.loads(keepmix("eval", "--checkpoint", checkpoint, "--set", "data.eval_size=9", "--json",
-                                 cwd=root).stdout)
+    checkpoint = str(root / "runs" / "tiny" / "keep_cutout" / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", checkpoint, "--set", "data.eval_size=9"]) == 0
+    assert "test split (the run's evaluation set, 9 of its 18): 9 images" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", checkpoint, "--split", "test"]) == 0
+    assert "test split (the whole split, all 18): 18 images" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", checkpoint, "--set", "data.eval_size=9", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
     assert (metrics["split"], metrics["subset"], metrics["count"], metrics["split_size"]) == ("test", "run", 9, 18)
 
 
@@ -321,7 +327,7 @@ def test_bench_judges_a_target_only_at_the_batch_it_names():
 @pytest.mark.slow
 def test_no_progress_bars_in_redirected_logs_and_epoch_lines_in_train_log(tmp_path):
     recipe = tmp_path / "solo.yaml"
-    recipe.write_text(ONE_ARM_RECIPE.replace("epochs: 4", "epochs: 2") + "progress: true\n")
+    recipe.write_text(SMALL_RECIPE + "progress: true\n")
     done = keepmix("train", recipe, cwd=tmp_path)       # stdout and stderr are pipes, not terminals
     assert "\r" not in done.stderr and "it/s" not in done.stderr
     log = (tmp_path / "runs" / "solo" / "train.log").read_text()
