@@ -1,0 +1,268 @@
+"""Rerun a paper's table: arms × paired seeds, then means, intervals, paired differences and a verdict.
+
+``keepmix experiment NAME`` (or :func:`run_experiment`) trains every arm of a table recipe once per
+seed. Arms of one seed share that seed, so they see the same data order and start from the same
+initial weights: a *paired* design, where the seed-to-seed spread (±3 points on small CIFAR subsets)
+cancels out of the differences. A finished run (its ``result.json``) is skipped, so an interrupted
+grid resumes where it stopped.
+
+Writes under ``OUT/NAME/``:
+
+* ``results.csv`` — one row per run (arm, seed, top-1, top-5, loss, epochs, seconds, run folder);
+* ``summary.md`` — per arm n, mean, standard deviation and the 95 % t-interval of the mean; per
+  comparison the paired difference with its 95 % t-interval, the paper's difference for the same
+  cell, and a verdict: **holds** (the interval excludes 0 on the paper's side), **contradicted**
+  (it excludes 0 on the other side) or **inconclusive** (it contains 0, or there is one seed).
+
+The tables, their comparisons, the papers' numbers and the reduced protocols are in
+``recipes/_experiments.yaml``. ``scale="reduced"`` applies a table's ``reduced`` overrides (a small
+model, fewer epochs, a data subset: ≲ 1 hour on 2 CPU cores, stated in the summary);
+``scale="paper"`` runs the recipe as published.
+
+Interval: with n paired differences d_s, mean d̄ and standard deviation s_d, the 95 % interval is
+d̄ ± t₀.₉₇₅,ₙ₋₁ · s_d / √n (Student's t; exact quantiles for n ≤ 30, then 1.96).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+#: two-sided 95 % quantiles of Student's t, by degrees of freedom
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+        20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
+        29: 2.045, 30: 2.042}
+
+RESULT_FIELDS = ["arm", "seed", "val_top1", "val_top5", "val_loss", "epochs", "seconds", "run_dir"]
+
+
+def t_quantile(df: int) -> float:
+    """t₀.₉₇₅ with ``df`` degrees of freedom (1.96 beyond 30)."""
+    return T975.get(df, 1.96) if df >= 1 else float("nan")
+
+
+@dataclass
+class Interval:
+    """Mean, standard deviation, n and the 95 % t-interval of a sample."""
+    mean: float
+    sd: float
+    n: int
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Interval":
+        values = [float(v) for v in values]
+        n = len(values)
+        if n == 0:
+            raise ValueError("an interval needs at least one value")
+        mean = statistics.fmean(values)
+        if n == 1:
+            return cls(mean, float("nan"), 1, float("nan"), float("nan"))
+        sd = statistics.stdev(values)
+        half = t_quantile(n - 1) * sd / math.sqrt(n)
+        return cls(mean, sd, n, mean - half, mean + half)
+
+
+def verdict(interval: Interval, paper_difference: Optional[float]) -> str:
+    """holds / contradicted / inconclusive for a paired difference against the paper's sign."""
+    if interval.n < 2 or math.isnan(interval.low):
+        return "inconclusive (one seed)"
+    if interval.low <= 0.0 <= interval.high:
+        return "inconclusive"
+    sign = 1.0 if paper_difference is None or paper_difference >= 0 else -1.0
+    agrees = (interval.low > 0) == (sign > 0)
+    return "holds" if agrees else "contradicted"
+
+
+@dataclass
+class Comparison:
+    """Arm ``a`` against arm ``b`` (difference a − b); ``paper``: the paper's a − b, if it has one."""
+    a: str
+    b: str
+    paper: Optional[float] = None
+
+
+@dataclass
+class Table:
+    """One experiment: a recipe, extra arms, comparisons, the papers' numbers and the reduced protocol."""
+    name: str
+    recipe: str
+    description: str = ""
+    arms: Optional[List[str]] = None
+    extra_arms: List[Dict[str, Any]] = field(default_factory=list)
+    comparisons: List[Comparison] = field(default_factory=list)
+    paper: Dict[str, float] = field(default_factory=dict)
+    reduced: Dict[str, Any] = field(default_factory=dict)
+    reduced_note: str = ""
+
+
+def experiments_file() -> Path:
+    """``recipes/_experiments.yaml`` (found like a recipe; the '_' keeps it out of the recipe list)."""
+    from .recipes import find_recipe
+    return find_recipe("_experiments")
+
+
+def load_tables(path: Optional[Path] = None) -> Dict[str, Table]:
+    """Every table of ``recipes/_experiments.yaml`` by name."""
+    path = Path(path) if path is not None else experiments_file()
+    with open(path, encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle) or {}
+    tables = {}
+    for name, spec in raw.items():
+        spec = dict(spec)
+        comparisons = [Comparison(**c) for c in spec.pop("comparisons", [])]
+        tables[name] = Table(name=name, comparisons=comparisons, **spec)
+    return tables
+
+
+def _flatten(prefix: str, value: Any) -> List[str]:
+    """``{"optim": {"epochs": 3}}`` → ``["optim.epochs=3"]`` (the ``--set`` form; YAML values)."""
+    if isinstance(value, dict):
+        out: List[str] = []
+        for key, inner in value.items():
+            out += _flatten(f"{prefix}.{key}" if prefix else key, inner)
+        return out
+    return [f"{prefix}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"]
+
+
+def plan(table: Table, seeds: Sequence[int], scale: str = "reduced", overrides: Sequence[str] = ()
+         ) -> List[Tuple[str, int, Any]]:
+    """The grid: (arm, seed, TrainConfig) for every arm and seed, arms paired by seed."""
+    from .recipes import apply_overrides, expand_arms, load_recipe
+    if scale not in ("reduced", "paper"):
+        raise ValueError(f"scale must be 'reduced' or 'paper', got {scale!r}")
+    config = load_recipe(table.recipe)
+    if table.extra_arms:
+        from .recipes import config_from_dict, config_to_dict
+        data = config_to_dict(config)
+        data["arms"] = list(data.get("arms") or []) + [dict(arm) for arm in table.extra_arms]
+        config = config_from_dict(data)
+    sets = list(_flatten("", table.reduced)) if scale == "reduced" else []
+    config = apply_overrides(config, [*sets, *overrides])
+    grid = []
+    for seed in seeds:
+        seeded = apply_overrides(config, [f"seed={int(seed)}"])
+        for arm, arm_config in expand_arms(seeded, table.arms):
+            grid.append((arm, int(seed), arm_config))
+    return grid
+
+
+def run_experiment(table: Table, seeds: Sequence[int], out: Path, *, scale: str = "reduced",
+                   overrides: Sequence[str] = (), progress: bool = True,
+                   train: Optional[Callable[[Any, Path], Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+    """Train the grid (skipping finished runs), write ``results.csv`` and ``summary.md``; returns the rows."""
+    out = Path(out) / table.name
+    grid = plan(table, seeds, scale, overrides)
+    train = train or _train_one
+    rows = []
+    bar = _progress(len(grid), table.name) if progress else None
+    for arm, seed, config in grid:
+        folder = out / arm / f"seed{seed}"
+        done = folder / "result.json"
+        if done.is_file():
+            row = json.loads(done.read_text(encoding="utf-8"))
+        else:
+            summary = train(config, folder)
+            row = {"arm": arm, "seed": seed, **{k: summary.get(k) for k in RESULT_FIELDS[2:-1]},
+                   "run_dir": str(folder)}
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = done.with_suffix(".tmp")
+            tmp.write_text(json.dumps(row), encoding="utf-8")
+            tmp.replace(done)
+        rows.append(row)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    write_results(out / "results.csv", rows)
+    (out / "summary.md").write_text(summarize(table, rows, scale, seeds), encoding="utf-8")
+    return rows
+
+
+def _train_one(config, folder: Path) -> Dict[str, Any]:
+    from .train import Trainer
+    return Trainer(config, run_dir=folder, quiet=True).fit()
+
+
+def _progress(total: int, name: str):
+    import sys
+    from tqdm import tqdm
+    return tqdm(total=total, desc=name, unit="run", disable=not sys.stderr.isatty())
+
+
+def write_results(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=RESULT_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k) for k in RESULT_FIELDS})
+
+
+def _by_arm(rows: Sequence[Dict[str, Any]]) -> Dict[str, Dict[int, float]]:
+    out: Dict[str, Dict[int, float]] = {}
+    for row in rows:
+        out.setdefault(row["arm"], {})[int(row["seed"])] = float(row["val_top1"])
+    return out
+
+
+def paired(rows: Sequence[Dict[str, Any]], a: str, b: str) -> List[float]:
+    """a − b top-1 for every seed both arms finished (the pairing)."""
+    arms = _by_arm(rows)
+    common = sorted(set(arms.get(a, {})) & set(arms.get(b, {})))
+    return [arms[a][s] - arms[b][s] for s in common]
+
+
+def summarize(table: Table, rows: Sequence[Dict[str, Any]], scale: str, seeds: Sequence[int]) -> str:
+    """The Markdown summary: the protocol, per-arm intervals, paired comparisons with verdicts."""
+    arms = _by_arm(rows)
+    lines = [f"# {table.name}", "", table.description, "",
+             f"Recipe `{table.recipe}`, scale **{scale}**, seeds {', '.join(map(str, seeds))} (arms paired by seed)."]
+    if scale == "reduced" and table.reduced_note:
+        lines += ["", f"Reduced protocol: {table.reduced_note}"]
+    lines += ["", "| arm | n | mean top-1 % | sd | 95 % CI | paper % |", "|---|---|---|---|---|---|"]
+    for arm, values in arms.items():
+        iv = Interval.of(list(values.values()))
+        paper = table.paper.get(arm)
+        ci = "–" if iv.n < 2 else f"{iv.low:.2f} … {iv.high:.2f}"
+        sd = "–" if iv.n < 2 else f"{iv.sd:.2f}"
+        lines.append(f"| {arm} | {iv.n} | {iv.mean:.2f} | {sd} | {ci} | {'' if paper is None else paper} |")
+    if table.comparisons:
+        lines += ["", "| comparison | n | mean difference (points) | 95 % CI | paper difference | verdict |",
+                  "|---|---|---|---|---|---|"]
+        for c in table.comparisons:
+            diffs = paired(rows, c.a, c.b)
+            if not diffs:
+                lines.append(f"| {c.a} − {c.b} | 0 | – | – | {c.paper if c.paper is not None else ''} | not run |")
+                continue
+            iv = Interval.of(diffs)
+            ci = "–" if iv.n < 2 else f"{iv.low:+.2f} … {iv.high:+.2f}"
+            paper = "" if c.paper is None else f"{c.paper:+.2f}"
+            lines.append(f"| {c.a} − {c.b} | {iv.n} | {iv.mean:+.2f} | {ci} | {paper} | {verdict(iv, c.paper)} |")
+    lines += ["", "Intervals: mean ± t₀.₉₇₅,ₙ₋₁·sd/√n over seeds (Student's t). Verdict: *holds* when the paired "
+              "interval excludes 0 on the paper's side, *contradicted* when it excludes 0 on the other side, "
+              "*inconclusive* otherwise.", ""]
+    return "\n".join(lines)
+
+
+def main_args(name: str, seeds: int, scale: str, out: str, overrides: Sequence[str], progress: bool = True) -> int:
+    """``keepmix experiment NAME --seeds N``: run the table's grid and print the summary."""
+    tables = load_tables()
+    if name not in tables:
+        import difflib
+        hint = difflib.get_close_matches(name, list(tables), n=3)
+        raise ValueError(f"unknown experiment {name!r}; known: {', '.join(sorted(tables))}"
+                         + (f" (did you mean {', '.join(hint)}?)" if hint else ""))
+    table = tables[name]
+    run_experiment(table, list(range(seeds)), Path(out), scale=scale, overrides=overrides, progress=progress)
+    print((Path(out) / table.name / "summary.md").read_text(encoding="utf-8"))
+    return 0

@@ -1,0 +1,110 @@
+"""keepmix experiment: the grid is arms × paired seeds, results and summaries follow their definitions,
+intervals equal a hand computation (Student's t), finished runs are skipped on a rerun."""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+
+import pytest
+from scipy import stats
+
+from keepmix.experiment import (Comparison, Interval, Table, load_tables, paired, plan, run_experiment, summarize,
+                                t_quantile, verdict)
+
+
+def test_t_quantiles_are_students():
+    for df in range(1, 31):
+        assert abs(t_quantile(df) - stats.t.ppf(0.975, df)) < 1e-3
+    assert t_quantile(200) == 1.96
+
+
+def test_interval_by_hand():
+    values = [1.0, 3.0, 2.0, 6.0]
+    iv = Interval.of(values)
+    mean, sd = 3.0, statistics.stdev(values)
+    half = stats.t.ppf(0.975, 3) * sd / math.sqrt(4)
+    assert (iv.mean, iv.n) == (mean, 4) and abs(iv.sd - sd) < 1e-12
+    assert abs(iv.low - (mean - half)) < 1e-3 and abs(iv.high - (mean + half)) < 1e-3
+    one = Interval.of([5.0])
+    assert one.n == 1 and math.isnan(one.low)
+    with pytest.raises(ValueError):
+        Interval.of([])
+
+
+def test_verdicts():
+    holds = Interval.of([1.0, 1.2, 0.9, 1.1])
+    assert verdict(holds, 0.5) == "holds"
+    assert verdict(holds, -0.5) == "contradicted"
+    assert verdict(Interval.of([1.0, -1.0, 0.5]), 0.5) == "inconclusive"
+    assert verdict(Interval.of([1.0]), 0.5) == "inconclusive (one seed)"
+    assert verdict(holds, None) == "holds"                             # no paper number: a positive effect
+
+
+def _tiny_table():
+    return Table(name="tiny", recipe="default", arms=["cutout", "keep_cutout"],
+                 comparisons=[Comparison("keep_cutout", "cutout", 1.0)], paper={"cutout": 80.0},
+                 reduced={"data": {"kwargs": {"n_per_class": 6, "clutter": 1.0, "object_size": 8}, "eval_size": 40},
+                          "optim": {"epochs": 1, "batch_size": 16, "warmup_epochs": 0}},
+                 reduced_note="tiny")
+
+
+def test_plan_pairs_arms_by_seed():
+    grid = plan(_tiny_table(), [3, 4])
+    assert [(arm, seed) for arm, seed, _ in grid] == [("cutout", 3), ("keep_cutout", 3), ("cutout", 4),
+                                                      ("keep_cutout", 4)]
+    for arm, seed, config in grid:
+        assert config.seed == seed and config.optim.epochs == 1 and config.data.kwargs["n_per_class"] == 6
+    with pytest.raises(ValueError, match="scale"):
+        plan(_tiny_table(), [0], scale="huge")
+
+
+@pytest.mark.slow
+def test_run_experiment_end_to_end_and_resume(tmp_path):
+    table = _tiny_table()
+    rows = run_experiment(table, [0, 1], tmp_path, progress=False)
+    assert len(rows) == 4
+    with open(tmp_path / "tiny" / "results.csv", newline="") as handle:
+        written = list(csv.DictReader(handle))
+    assert [(r["arm"], r["seed"]) for r in written] == [("cutout", "0"), ("keep_cutout", "0"), ("cutout", "1"),
+                                                        ("keep_cutout", "1")]
+    assert all(0.0 <= float(r["val_top1"]) <= 100.0 for r in written)
+    # the summary's paired interval is the hand computation on the CSV
+    diffs = [float(written[1]["val_top1"]) - float(written[0]["val_top1"]),
+             float(written[3]["val_top1"]) - float(written[2]["val_top1"])]
+    assert paired(rows, "keep_cutout", "cutout") == pytest.approx(diffs)
+    summary = (tmp_path / "tiny" / "summary.md").read_text()
+    mean = statistics.fmean(diffs)
+    assert f"| keep_cutout − cutout | 2 | {mean:+.2f} |" in summary and "Reduced protocol: tiny" in summary
+
+    def refuse(config, folder):  # a rerun must not train anything
+        raise AssertionError(f"{folder} was trained again")
+
+    again = run_experiment(table, [0, 1], tmp_path, progress=False, train=refuse)
+    assert again == rows
+    # a new seed trains only its own runs
+    trained = []
+    run_experiment(table, [0, 1, 2], tmp_path, progress=False,
+                   train=lambda config, folder: trained.append(folder.name) or {"val_top1": 50.0})
+    assert trained == ["seed2", "seed2"]
+
+
+def test_summary_without_runs_of_an_arm():
+    table = _tiny_table()
+    rows = [{"arm": "cutout", "seed": 0, "val_top1": 70.0}]
+    text = summarize(table, rows, "reduced", [0])
+    assert "not run" in text and "| cutout | 1 | 70.00 |" in text
+
+
+def test_shipped_experiments_plan():
+    tables = load_tables()
+    assert {"keepaugment_t2", "guidedmixup_t6", "guidedmixup_t8"} <= set(tables)
+    for table in tables.values():
+        grid = plan(table, [0, 1])
+        arms = {arm for arm, _, _ in grid}
+        for c in table.comparisons:
+            assert {c.a, c.b} <= arms, (table.name, c)
+        # null controls where a Keep op is credited
+        if any(arm.startswith("keep_cutout_") and "random" not in arm for arm in arms):
+            assert any("random" in arm for arm in arms)
