@@ -40,7 +40,9 @@ from .download import (ChecksumError, ChecksumWarning, download_and_extract, dow
                        file_md5, verify_files)
 from .fine_grained import caltech101, cub200, fgvc_aircraft, flowers102, stanford_cars
 from .images import ImageFileDataset, image_folder, read_image, resize_image
-from .loader import DeviceLoader, derive_seed, make_dataloader, normalize, random_crop_flip
+from .loader import (BatchGeometry, DeviceLoader, LoaderBatch, collate_with_geometry, compose_geometry, derive_seed,
+                     identity_geometry, make_dataloader, normalize, output_to_source, random_crop_flip,
+                     source_to_output)
 from .subsets import stratified_subset, train_val_split
 from .synthetic import SALIENT_SHAPES_MEAN, SALIENT_SHAPES_STD, SalientShapes, make_templates
 from .tiny_imagenet import tiny_imagenet
@@ -51,7 +53,8 @@ __all__ = [
     "ImageFileDataset", "image_folder", "read_image", "resize_image", "tiny_imagenet", "cub200",
     "stanford_cars", "fgvc_aircraft", "caltech101", "flowers102",
     "stratified_subset", "train_val_split", "DeviceLoader", "make_dataloader", "random_crop_flip",
-    "normalize", "derive_seed", "download_url", "download_and_extract", "extract_archive", "file_md5",
+    "normalize", "derive_seed", "BatchGeometry", "LoaderBatch", "identity_geometry", "compose_geometry",
+    "output_to_source", "source_to_output", "collate_with_geometry", "download_url", "download_and_extract", "extract_archive", "file_md5",
     "verify_files", "ChecksumError", "ChecksumWarning",
 ]
 
