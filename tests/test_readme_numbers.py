@@ -90,3 +90,18 @@ def test_render_from_runs(tmp_path, monkeypatch):
     assert text.startswith("intro\n") and text.endswith("\noutro\n") and "STALE" not in text
     with pytest.raises(SystemExit, match="no"):
         tool.rewrite(tmp_path / "s0" / "printed.txt", block)
+
+
+@pytest.mark.slow
+def test_readme_box_family_table_is_what_the_tool_computes_now():
+    """The README's box-family numbers are deterministic: recompute them and compare the block."""
+    tool = _tool()
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(re.escape(tool.BOX_BEGIN) + ".*?" + re.escape(tool.BOX_END), text, re.S)
+    assert match, "README.md has no box-family block"
+    assert match.group(0) == tool.render_boxes(), "rerun: python tools/readme_numbers.py --boxes"
+    rows = {name: values for name, *values in tool.box_family_rows()}
+    for values in rows.values():                    # the claims the README makes from it
+        cutout, old, new = values[:3]
+        assert abs(new - cutout) < 0.5 and cutout - old > 4.0     # fair now; the old rule erased less
+        assert abs(values[4] - values[5]) < 0.5                   # full windows vs whole-box Cutout
