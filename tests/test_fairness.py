@@ -167,3 +167,15 @@ def test_select_boxes_clip_keeps_the_reference_shape():
     assert picked.height.min() >= 4 and picked.height.max() <= 8
     assert picked.width.min() >= 3 and picked.width.max() <= 6
     assert bool((picked.top >= 0).all() and (picked.top + picked.height <= 12).all())
+
+
+@pytest.mark.parametrize("size", [(8, 6), (20, 20), (5, 13), (40, 3)])
+def test_select_boxes_clip_one_size_equals_the_per_image_path(size):
+    """The fixed-size fast path (padded window sums, host-computed extents) draws the same boxes as the
+    general per-image path given the same generator."""
+    h, w = size
+    maps = torch.rand(64, 17, 23, generator=_gen(7)) ** 3
+    fast = select_boxes(maps, h, w, 0.6, clip=True, generator=_gen(8))
+    general = select_boxes(maps, torch.full((64,), h), torch.full((64,), w), 0.6, clip=True, generator=_gen(8))
+    for a, b in zip(fast, general):
+        assert torch.equal(a, b)

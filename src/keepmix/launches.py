@@ -134,8 +134,9 @@ CASES: Dict[str, Case] = {
                                      maps=True, note=_TARGETS + "; the source's peak by argmax"),
     "KeepCutout (maps given)": Case(lambda c: _ops().KeepCutout(16, generator=c["g"]), 55, maps=True,
                                     note="the saliency-map boundary check (3 calls) on top of the issue's 50"),
-    "KeepCutout clip (maps given)": Case(lambda c: _ops().KeepCutout(16, clip=True, generator=c["g"]), 250,
-                                         maps=True, note=_PER_IMAGE),
+    "KeepCutout clip (maps given)": Case(lambda c: _ops().KeepCutout(16, clip=True, generator=c["g"]), 100,
+                                         maps=True, note="the candidates of the Cutout-drawn shape: a validity "
+                                         "mask and a masked quantile (a sort) on top of KeepCutout's path"),
     "KeepRandomErasing (maps given)": Case(lambda c: _ops().KeepRandomErasing(generator=c["g"]), 200, maps=True,
                                            note=_PER_IMAGE),
     "KeepCutMix (maps given)": Case(lambda c: _ops().KeepCutMix(10, generator=c["g"]), 200, maps=True,

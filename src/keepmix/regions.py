@@ -381,6 +381,8 @@ def select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], widt
         picked = sample_windows(scores, quantile_threshold(scores, tau), below, generator)
         return BoxSample(picked.top, picked.left, torch.full_like(picked.top, heights),
                          torch.full_like(picked.top, widths), picked.fallback)
+    if clip and isinstance(heights, int) and isinstance(widths, int):
+        return _select_clipped_fixed(saliency, heights, widths, tau, below, generator)
     heights = torch.as_tensor(heights, device=saliency.device).long().expand(batch)
     widths = torch.as_tensor(widths, device=saliency.device).long().expand(batch)
     if clip:
@@ -396,6 +398,34 @@ def select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], widt
     else:
         top, left, box_h, box_w = picked.top, picked.left, heights, widths
     return BoxSample(top, left, box_h, box_w, picked.fallback)
+
+
+@functools.lru_cache(maxsize=128)
+def _clipped_extents(side: int, length: int, device: torch.device) -> torch.Tensor:
+    """The clipped extent of a ``length`` box centred on each of ``side`` positions (host-computed, cached)."""
+    extents = [min(c - length // 2 + length, side) - max(c - length // 2, 0) for c in range(side)]
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.tensor(extents, dtype=torch.long, device=device)
+
+
+def _select_clipped_fixed(saliency: torch.Tensor, h: int, w: int, tau: float, below: bool,
+                          generator: Optional[torch.Generator]) -> BoxSample:
+    """:func:`select_boxes` with ``clip=True`` and one box size: the same candidates and draws, computed
+    from window sums of the zero-padded map and host-computed extents (a few dozen operator calls)."""
+    batch, height, width = saliency.shape
+    device = saliency.device
+    ref_y = _random.randint(0, height, (batch,), device, generator)
+    ref_x = _random.randint(0, width, (batch,), device, generator)
+    padded = F.pad(saliency, (w // 2, w - 1 - w // 2, h // 2, h - 1 - h // 2))  # clipped parts sum to 0
+    scores = window_scores(padded, (h, w))  # B×H×W, indexed by the box centre
+    rows, cols = _clipped_extents(height, h, device), _clipped_extents(width, w, device)
+    same_rows = rows == rows.index_select(0, ref_y).unsqueeze(1)  # B×H
+    same_cols = cols == cols.index_select(0, ref_x).unsqueeze(1)  # B×W
+    valid = same_rows.unsqueeze(2) & same_cols.unsqueeze(1)
+    picked = sample_windows(scores, quantile_threshold(scores, tau, valid), below, generator, valid)
+    top, left = (picked.top - h // 2).clamp_min(0), (picked.left - w // 2).clamp_min(0)
+    return BoxSample(top, left, rows.index_select(0, picked.top), cols.index_select(0, picked.left),
+                     picked.fallback)
 
 
 def centred_window_scores(saliency: torch.Tensor, size: SizeLike) -> torch.Tensor:
