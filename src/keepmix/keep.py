@@ -31,7 +31,10 @@ Saliency comes from ``saliency=``: a model (KeepAugment's
 ``last_stats`` after a call: ``fallback`` (B,) bool — no window was strictly
 on the right side of the threshold (flat map, τ = 0 cut, τ = 1 paste), so the
 window was drawn among those at the threshold; ``saliency_kept`` (B,) — the
-share of each image's saliency mass left intact (cut) or pasted back (paste).
+share of each image's saliency mass left intact (cut) or pasted back (paste);
+with a saliency memory (``saliency=MemorySaliency(memory, fallback)``,
+:mod:`keepmix.memory`) also ``memory_fallback`` (B,) bool — samples the memory
+had not written yet, whose maps came from the fallback source.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from .mix import mix_targets
 from .pairing import check_pairing, pair
 from .protocol import Batch, Op, Stats, restore_dtype, to_float
 from .regions import box_masks, select_boxes
+from .memory import source_stats
 from .saliency import as_source, compute_maps, gaussian_blur, normalize_sum, takes_uint8
 
 
@@ -111,7 +115,8 @@ class KeepCutout(_SelectiveWindow):
         mask, maps, fallback = self._window(images, targets, saliency_maps, below=True)
         if self.p < 1:
             mask = mask & (_random.rand((images.shape[0],), images.device, self.generator) < self.p).view(-1, 1, 1)
-        self.last_stats = Stats(fallback=fallback, saliency_kept=lambda: 1.0 - _mass_share(maps, mask))
+        self.last_stats = Stats(fallback=fallback, saliency_kept=lambda: 1.0 - _mass_share(maps, mask),
+                                **source_stats(self.saliency, saliency_maps))
         return erase_masked(images, mask, self.value, self.generator), targets
 
 
@@ -149,7 +154,8 @@ class KeepRandomErasing(RandomErasing):
         picked = select_boxes(maps, h, w, self.tau, below=True, generator=self.generator)
         mask = box_masks(picked.top, picked.left, h, w, (height, width)) & erase.view(-1, 1, 1)
         self.last_stats = Stats(fallback=lambda: picked.fallback & erase,
-                                saliency_kept=lambda: 1.0 - _mass_share(maps, mask), erased=erase)
+                                saliency_kept=lambda: 1.0 - _mass_share(maps, mask), erased=erase,
+                                **source_stats(self.saliency, saliency_maps))
         return erase_masked(images, mask, self.value, self.generator), targets
 
 
@@ -226,7 +232,8 @@ class KeepCutMix(Op):
         x = to_float(images)
         mixed = torch.where(mask.unsqueeze(1), x.index_select(0, partner), x)
         self.last_stats = Stats(lam=kept, fallback=lambda: picked.fallback & active,
-                                saliency_kept=lambda: 1.0 - _mass_share(maps, mask))
+                                saliency_kept=lambda: 1.0 - _mass_share(maps, mask),
+                                **source_stats(self.saliency, saliency_maps))
         return restore_dtype(mixed, images), mix_targets(targets, partner, kept, self.num_classes)
 
 
@@ -267,7 +274,8 @@ class SelectivePaste(_SelectiveWindow):
             augmented = self.transform(images)
         if not isinstance(augmented, torch.Tensor) or augmented.shape != images.shape:
             raise ValueError("transform must return images of the input's shape")
-        self.last_stats = Stats(fallback=fallback, saliency_kept=lambda: _mass_share(maps, mask))
+        self.last_stats = Stats(fallback=fallback, saliency_kept=lambda: _mass_share(maps, mask),
+                                **source_stats(self.saliency, saliency_maps))
         out = torch.where(mask.unsqueeze(1), images.to(augmented.dtype), augmented)
         return out, targets
 

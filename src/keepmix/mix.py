@@ -26,6 +26,7 @@ from ._checks import check_maps, check_num_classes, check_probability
 from .losses import to_soft_targets
 from .pairing import check_pairing, pair
 from .protocol import Batch, Op, Stats, restore_dtype, to_float
+from .memory import source_stats
 from .saliency import as_source, compute_maps, gaussian_blur, normalize_sum, takes_uint8
 
 
@@ -109,7 +110,10 @@ class GuidedMixup(Op):
     Shapes: images B×C×H×W (float, or uint8 with spectral/precomputed maps),
     targets (B,) int64 or B×K float; returns (B×C×H×W same dtype, B×K float32).
     ``last_stats``: ``lam`` (B,), ``mixed`` (bool), ``saliency_kept`` (B,): the
-    share of each image's saliency mass that its own pixels keep, Σ M_i s_i.
+    share of each image's saliency mass that its own pixels keep, Σ M_i s_i; when
+    mixed also ``own`` (B×H×W, the ratio M_i: each pixel's share of the image's own
+    pixel, which a :class:`keepmix.memory.SaliencyMemory` writes by) and, with a memory
+    source, ``memory_fallback`` (B,) bool.
 
     Example::
 
@@ -165,7 +169,8 @@ class GuidedMixup(Op):
         partner, mask, maps = self.guide(images, targets, saliency_maps)
         lam = mask.mean(dim=(1, 2))
         self.last_stats = Stats(lam=lam, mixed=lambda: torch.tensor(True),
-                                saliency_kept=lambda: (mask * maps).sum(dim=(1, 2)))
+                                saliency_kept=lambda: (mask * maps).sum(dim=(1, 2)), own=mask,
+                                **source_stats(self.saliency, saliency_maps))
         return mix_images(images, partner, mask), mix_targets(targets, partner, lam, self.num_classes)
 
     def _coin(self) -> bool:

@@ -21,9 +21,10 @@ Common to all of them:
   kernel 7, σ 3) and normalised to sum 1 as GuidedMixup does — the mixer's own
   maps where it has them (SaliencyMix: its saliency; SnapMix: its CAMs; Attentive
   CutMix: the teacher's attention grid, not blurred) and spectral-residual maps
-  otherwise (Mixup, CutMix, Manifold Mixup); a callable receives those maps and
-  returns int64 partner indices (B,). This is how GuidedMixup's pairing plugs into
-  any mixer (GuidedMixup, Table 8).
+  otherwise (Mixup, CutMix, Manifold Mixup) — or, with ``pairing=MemoryPairing(memory)``
+  (:mod:`keepmix.memory`), the saliency memory's maps of the batch; a callable receives
+  those maps and returns int64 partner indices (B,). This is how GuidedMixup's pairing
+  plugs into any mixer (GuidedMixup, Table 8).
 * **Targets.** Class indices (B,) int64 (then ``num_classes`` is required) or
   soft targets B×K; the result is float32 soft targets B×K whose rows sum to 1
   (for soft inputs that sum to 1), with label weights equal to the area or mask
@@ -135,8 +136,9 @@ class _Mixer(Op):
         batch = images.shape[0]
         if self.pairing == "random":
             return pair("random", batch, images.device, None, self.generator)
-        if maps is None:
-            maps = spectral_residual(images)
+        if maps is None:  # a pairing that brings its own maps (keepmix.memory.MemoryPairing), else spectral
+            own_source = getattr(self.pairing, "saliency", None)
+            maps = own_source(images, None) if own_source is not None else spectral_residual(images)
         return pair(self.pairing, batch, images.device, pairing_maps(maps, blur), self.generator)
 
 
@@ -162,7 +164,8 @@ class Mixup(_Mixer):
 
     Shapes: images B×C×H×W (float or uint8), targets (B,) int64 or B×K →
     (B×C×H×W same dtype, B×K float32). Loss: soft-target cross-entropy.
-    ``last_stats``: ``lam``, ``partner``, ``mixed``.
+    ``last_stats``: ``lam``, ``partner``, ``mixed``, ``own`` (= λ: each pixel's share of the image's
+    own pixel, which a :class:`keepmix.memory.SaliencyMemory` writes by).
     """
 
     def __init__(self, num_classes: Optional[int] = None, alpha: float = 1.0, *, prob: float = 1.0,
@@ -179,7 +182,8 @@ class Mixup(_Mixer):
         mixed = self._selection(batch, device)
         lam = self._where_mixed(mixed, self._lam(batch, device), 1.0)
         partner = self._partner(images)
-        self.last_stats = Stats(lam=lam, partner=partner, mixed=lambda: self._mixed_flags(mixed, batch, device))
+        self.last_stats = Stats(lam=lam, partner=partner, mixed=lambda: self._mixed_flags(mixed, batch, device),
+                                own=lam)
         return mix_images(images, partner, lam), mix_targets(targets, partner, lam, self.num_classes)
 
 
