@@ -108,3 +108,30 @@ def test_shipped_experiments_plan():
         # null controls where a Keep op is credited
         if any(arm.startswith("keep_cutout_") and "random" not in arm for arm in arms):
             assert any("random" in arm for arm in arms)
+
+
+def test_figures_render_with_axes_and_legend(tmp_path):
+    from matplotlib import image
+    from keepmix.viz import plot_overhead, plot_sweep, read_results
+    rows = []
+    for seed in range(3):
+        for length in (8, 16, 24):
+            rows.append({"arm": f"cutout_{length}", "seed": seed, "val_top1": 80 + seed + length / 10,
+                         "train_top1": 70 + seed})
+            rows.append({"arm": f"keep_cutout_{length}", "seed": seed, "val_top1": 82 + seed, "train_top1": 71.0})
+    from keepmix.experiment import write_results
+    write_results(tmp_path / "results.csv", rows)
+    back = read_results(tmp_path / "results.csv")
+    assert back[0]["arm"] == "cutout_8" and back[0]["val_top1"] == 80.8
+    from keepmix.viz import sweep_groups
+    groups = sweep_groups(back + [{"arm": "keep_cutout_random_8", "val_top1": 1.0}, {"arm": "mixup", "val_top1": 2.0}])
+    assert sorted(groups) == ["cutout", "keep_cutout", "keep_cutout_random"]
+    assert sorted(groups["cutout"]) == [8.0, 16.0, 24.0] and len(groups["cutout"][8.0]["test"]) == 3
+    out = plot_sweep(back, tmp_path / "sweep.png", parameter="cut length", unit="px")
+    assert image.imread(out).shape[0] > 100
+    out = plot_overhead(back, {"cutout_16": 0.5, "keep_cutout_16": 12.0}, tmp_path / "overhead.png")
+    assert image.imread(out).shape[0] > 100
+    with pytest.raises(ValueError, match="overhead"):
+        plot_overhead(back, {"other": 1.0}, tmp_path / "none.png")
+    with pytest.raises(ValueError, match="number"):
+        plot_sweep([{"arm": "mixup", "val_top1": 1.0}], tmp_path / "bad.png")

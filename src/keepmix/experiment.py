@@ -41,7 +41,7 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
         20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
         29: 2.045, 30: 2.042}
 
-RESULT_FIELDS = ["arm", "seed", "val_top1", "val_top5", "val_loss", "epochs", "seconds", "run_dir"]
+RESULT_FIELDS = ["arm", "seed", "val_top1", "val_top5", "val_loss", "train_top1", "epochs", "seconds", "run_dir"]
 
 
 def t_quantile(df: int) -> float:
@@ -174,6 +174,8 @@ def run_experiment(table: Table, seeds: Sequence[int], out: Path, *, scale: str 
             summary = train(config, folder)
             row = {"arm": arm, "seed": seed, **{k: summary.get(k) for k in RESULT_FIELDS[2:-1]},
                    "run_dir": str(folder)}
+            if row.get("train_top1") is None:
+                row["train_top1"] = _last_train_accuracy(summary.get("metrics"))
             folder.mkdir(parents=True, exist_ok=True)
             tmp = done.with_suffix(".tmp")
             tmp.write_text(json.dumps(row), encoding="utf-8")
@@ -186,6 +188,16 @@ def run_experiment(table: Table, seeds: Sequence[int], out: Path, *, scale: str 
     write_results(out / "results.csv", rows)
     (out / "summary.md").write_text(summarize(table, rows, scale, seeds), encoding="utf-8")
     return rows
+
+
+def _last_train_accuracy(metrics) -> Optional[float]:
+    """The final epoch's training accuracy (%) from a run's metrics.csv, if there is one."""
+    if not metrics or not Path(metrics).is_file():
+        return None
+    from .viz import read_metrics
+    rows = read_metrics(metrics)
+    value = rows[-1].get("train_acc") if rows else None
+    return None if value is None else float(value)
 
 
 def _train_one(config, folder: Path) -> Dict[str, Any]:

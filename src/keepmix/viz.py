@@ -202,7 +202,97 @@ def plot_curves(runs: Union[Sequence[Mapping[str, float]], Mapping[str, Sequence
     return _save(figure, path, dpi)
 
 
-__all__ = ["plot_curves", "read_metrics", "save_grid", "scale_maps", "to_display"]
+def _mean_ci(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and the half-width of its 95 % t-interval (0 for a single value)."""
+    from .experiment import Interval
+    iv = Interval.of(values)
+    return iv.mean, (0.0 if iv.n < 2 else (iv.high - iv.low) / 2)
+
+
+def read_results(path: PathLike) -> List[Dict[str, object]]:
+    """The rows of an experiment's ``results.csv`` (numbers as floats)."""
+    rows = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            rows.append({k: (float(v) if k not in ("arm", "run_dir") and v not in ("", None) else v)
+                         for k, v in row.items()})
+    return rows
+
+
+def sweep_groups(results: Sequence[Mapping[str, object]]) -> Dict[str, Dict[float, Dict[str, List[float]]]]:
+    """``method → x → {"test": [...], "train": [...]}`` from arms named ``<method>_<number>``."""
+    import re as _re
+    groups: Dict[str, Dict[float, Dict[str, List[float]]]] = {}
+    for row in results:
+        match = _re.fullmatch(r"(.+)_(-?\d+(?:\.\d+)?)", str(row["arm"]))
+        if not match:
+            continue
+        cell = groups.setdefault(match.group(1), {}).setdefault(float(match.group(2)), {"test": [], "train": []})
+        cell["test"].append(float(row["val_top1"]))
+        if row.get("train_top1") not in (None, ""):
+            cell["train"].append(float(row["train_top1"]))
+    return groups
+
+
+def plot_sweep(results: Sequence[Mapping[str, object]], path: PathLike, *, parameter: str = "value",
+               unit: str = "", title: Optional[str] = None, dpi: int = 110) -> Path:
+    """Accuracy against a swept parameter, one line per method, mean ± 95 % interval over seeds.
+
+    Arms are named ``<method>_<value>`` (``keep_cutout_16``, ``keep_cutout_random_16``,
+    ``keep_cutout_tau_0.6``): the trailing number is the x value, everything before it the method. Test accuracy (solid, dots) and, where the rows carry
+    it, final training accuracy (dashed, hollow squares) — KeepAugment's Figures 2 and 3.
+    """
+    groups = sweep_groups(results)
+    if not groups:
+        raise ValueError("no arm is named <method>_<number>: nothing to plot against a parameter")
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(6, 4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0", "C1", "C2", "C3"])
+    for index, (method, cells) in enumerate(sorted(groups.items())):
+        xs = sorted(cells)
+        colour = colours[index % len(colours)]
+        for kind, style in (("test", EVAL_STYLE), ("train", TRAIN_STYLE)):
+            points = [(x, *_mean_ci(cells[x][kind])) for x in xs if cells[x][kind]]
+            if points:
+                ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+                            color=colour, capsize=3, markersize=4, label=f"{method} ({kind})", **style)
+    ax.set_xlabel(f"{parameter}{f' ({unit})' if unit else ''}")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(figure, path, dpi)
+
+
+def plot_overhead(results: Sequence[Mapping[str, object]], overhead: Mapping[str, float], path: PathLike, *,
+                  title: Optional[str] = None, dpi: int = 110) -> Path:
+    """Accuracy against augmentation overhead (GuidedMixup's Figure 3): one point per method, the
+    overhead in % of a training step on the x axis, top-1 mean ± 95 % interval over seeds on the y axis.
+    ``overhead`` maps an arm to its measured overhead (%); arms without one are left out."""
+    cells: Dict[str, List[float]] = {}
+    for row in results:
+        if row["arm"] in overhead:
+            cells.setdefault(str(row["arm"]), []).append(float(row["val_top1"]))
+    if not cells:
+        raise ValueError("no arm of the results has an overhead")
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(6, 4))
+    for arm, values in sorted(cells.items()):
+        mean, half = _mean_ci(values)
+        ax.errorbar([overhead[arm]], [mean], yerr=[half], fmt="o", capsize=3, label=arm)
+        ax.annotate(arm, (overhead[arm], mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("augmentation overhead (% of a training step)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(figure, path, dpi)
+
+
+__all__ = ["plot_curves", "plot_overhead", "plot_sweep", "read_metrics", "read_results", "save_grid", "scale_maps",
+           "to_display"]
 
 
 def _save(figure, path, dpi: int) -> Path:
