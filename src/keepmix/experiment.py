@@ -170,6 +170,8 @@ def run_experiment(table: Table, seeds: Sequence[int], out: Path, *, scale: str 
         done = folder / "result.json"
         if done.is_file():
             row = json.loads(done.read_text(encoding="utf-8"))
+            if row.get("train_top1") is None:  # a run recorded before the field existed
+                row["train_top1"] = _last_train_accuracy(folder / "metrics.csv")
         else:
             summary = train(config, folder)
             row = {"arm": arm, "seed": seed, **{k: summary.get(k) for k in RESULT_FIELDS[2:-1]},
