@@ -135,3 +135,22 @@ def test_figures_render_with_axes_and_legend(tmp_path):
         plot_overhead(back, {"other": 1.0}, tmp_path / "none.png")
     with pytest.raises(ValueError, match="number"):
         plot_sweep([{"arm": "mixup", "val_top1": 1.0}], tmp_path / "bad.png")
+
+
+def test_cli_experiment_and_plots(tmp_path, capsys):
+    """`keepmix experiment` runs a table of the experiments file and `keepmix plot --sweep` draws it."""
+    import yaml
+    from keepmix import cli
+    from keepmix.experiment import write_results
+    assert cli.main(["list", "experiments"]) == 0
+    assert "keepaugment_t2" in capsys.readouterr().out
+    rows = [{"arm": f"cutout_{L}", "seed": s, "val_top1": 50.0 + s + L} for s in range(2) for L in (8, 16)]
+    write_results(tmp_path / "results.csv", rows)
+    assert cli.main(["plot", "--sweep", str(tmp_path / "results.csv"), "--parameter", "cut length"]) == 0
+    assert (tmp_path / "sweep.png").is_file()
+    (tmp_path / "overheads.csv").write_text("arm,overhead_percent\ncutout_8,1.0\ncutout_16,2.0\n")
+    assert cli.main(["plot", "--overhead", str(tmp_path / "results.csv"), "--overheads",
+                     str(tmp_path / "overheads.csv"), "--out", str(tmp_path / "o.png")]) == 0
+    assert (tmp_path / "o.png").is_file()
+    assert cli.main(["experiment", "no_such_table", "--seeds", "1"]) == 2
+    assert "unknown experiment" in capsys.readouterr().err

@@ -19,6 +19,7 @@ resume it (exit status 130).
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib
 import json
 import os
@@ -111,9 +112,30 @@ def _add_bench(sub) -> None:
     p.add_argument("args", nargs=argparse.REMAINDER)
 
 
+def _add_experiment(sub) -> None:
+    p = sub.add_parser("experiment", help="rerun a paper's table: arms × paired seeds, intervals and verdicts",
+                       description="Train every arm of a table (recipes/_experiments.yaml) for each seed, then write "
+                                   "results.csv and summary.md (means, 95%% intervals, paired differences, the "
+                                   "paper's number, a verdict). Finished runs are skipped: rerun to resume.")
+    p.add_argument("name", help="the experiment (keepmix list experiments)")
+    p.add_argument("--seeds", type=int, default=5, help="paired seeds 0…N−1 (default 5)")
+    p.add_argument("--scale", choices=["reduced", "paper"], default="reduced",
+                   help="reduced: the table's small protocol for 2 CPU cores (default); paper: as published")
+    p.add_argument("--out", default="runs/experiments", help="where the experiment folder goes")
+    p.add_argument("--data-root", help="data folder (overrides the protocol's data.root)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
 def _add_plot(sub) -> None:
-    p = sub.add_parser("plot", help="plot training curves of one or more runs to PNG")
-    p.add_argument("runs", nargs="+", help="run folders (or metrics.csv files)")
+    p = sub.add_parser("plot", help="plot training curves of runs, or an experiment's figures, to PNG")
+    p.add_argument("runs", nargs="*", help="run folders (or metrics.csv files)")
+    p.add_argument("--sweep", metavar="RESULTS", help="an experiment's results.csv: accuracy against the number "
+                   "ending each arm's name (KeepAugment Figures 2 and 3)")
+    p.add_argument("--parameter", default="parameter", help="x-axis label of --sweep (e.g. 'cut length')")
+    p.add_argument("--unit", default="", help="x-axis unit of --sweep (e.g. px)")
+    p.add_argument("--overhead", metavar="RESULTS", help="an experiment's results.csv: accuracy against "
+                   "overhead (GuidedMixup Figure 3), with --overheads")
+    p.add_argument("--overheads", metavar="CSV", help="arm,overhead_percent rows (from the benchmarks)")
     p.add_argument("--out", default=None,
                    help="PNG file (default: one run → its own curves.png, redrawn; several runs → "
                         "curves_A_vs_B….png in the current folder, so no run's own plot is overwritten)")
@@ -121,7 +143,8 @@ def _add_plot(sub) -> None:
 
 def _add_list(sub) -> None:
     p = sub.add_parser("list", help="list recipes, ops, models or data sets, one per line with a description")
-    p.add_argument("what", nargs="?", default="recipes", choices=["recipes", "ops", "models", "datasets"])
+    p.add_argument("what", nargs="?", default="recipes",
+                   choices=["recipes", "ops", "models", "datasets", "experiments"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "'keepmix COMMAND --help' describes each command.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_train, _add_eval, _add_show, _add_bench, _add_plot, _add_list):
+    for add in (_add_train, _add_eval, _add_show, _add_bench, _add_experiment, _add_plot, _add_list):
         add(sub)
     return parser
 
@@ -355,8 +378,31 @@ def cmd_bench(args) -> int:
     return 2
 
 
+def cmd_experiment(args) -> int:
+    from .experiment import main_args
+    overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
+    return main_args(args.name, args.seeds, args.scale, args.out, overrides)
+
+
 def cmd_plot(args) -> int:
-    from .viz import plot_curves, read_metrics
+    from .viz import plot_curves, plot_overhead, plot_sweep, read_metrics, read_results
+    if args.sweep or args.overhead:
+        source = Path(args.sweep or args.overhead)
+        if not source.is_file():
+            raise SystemExit(f"error: no results.csv at {source}")
+        out = Path(args.out) if args.out else source.with_name("sweep.png" if args.sweep else "overhead.png")
+        if args.sweep:
+            plot_sweep(read_results(source), out, parameter=args.parameter, unit=args.unit, title=source.parent.name)
+        else:
+            if not args.overheads:
+                raise SystemExit("error: --overhead needs --overheads CSV (arm,overhead_percent)")
+            with open(args.overheads, newline="", encoding="utf-8") as handle:
+                overheads = {row["arm"]: float(row["overhead_percent"]) for row in csv.DictReader(handle)}
+            plot_overhead(read_results(source), overheads, out, title=source.parent.name)
+        print(f"wrote {out}")
+        return 0
+    if not args.runs:
+        raise SystemExit("error: give run folders, or --sweep / --overhead with an experiment's results.csv")
     folders, tables = [], []
     for item in args.runs:
         path = Path(item)
@@ -409,6 +455,9 @@ def list_items(what: str) -> List[tuple]:
                 text = f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in preset.items())}): " + text
             items.append((name, text))
         return items
+    if what == "experiments":
+        from .experiment import load_tables
+        return [(name, " ".join(table.description.split())[:110]) for name, table in load_tables().items()]
     if what == "models":
         from .models import MODELS
         return [(name, _first_line(MODELS[name].__doc__)) for name in sorted(MODELS)]
@@ -432,8 +481,8 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "show": cmd_show, "bench": cmd_bench, "plot": cmd_plot,
-            "list": cmd_list}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "show": cmd_show, "bench": cmd_bench, "experiment": cmd_experiment,
+            "plot": cmd_plot, "list": cmd_list}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
