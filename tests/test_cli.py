@@ -124,7 +124,8 @@ def test_print_config_shows_typed_overrides_of_the_default_recipe(capsys):
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["optim"]["lr"] == 0.02 and config["optim"]["epochs"] == 3
     assert config["name"] == "1e-3"   # flag values stay strings where the field is a string
-    assert [arm["name"] for arm in config["arms"]] == ["cutout", "keep_cutout", "keep_cutout_random"]
+    assert [arm["name"] for arm in config["arms"]] == ["cutout", "keep_cutout", "keep_cutout_random",
+                                                       "keep_cutout_memory"]
     assert config["data"]["name"] == "salient_shapes"
 
 

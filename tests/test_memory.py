@@ -164,8 +164,12 @@ def test_memory_source_falls_back_for_unwritten_samples_and_counts_them():
     with memory.batch(geometry):
         source(images)
     assert fallback.calls == 1 and not source.last_stats["memory_fallback"].any()
-    reads, fallbacks, written, _ = memory.counters().tolist()
-    assert (reads, fallbacks, written) == (6.0, 2.0, 3.0)
+    reads, fallbacks, age, written = memory.counters().tolist()
+    assert (reads, fallbacks, age, written) == (6.0, 2.0, 0.0, 3.0)
+    memory.set_epoch(2)
+    with memory.batch(geometry):
+        source(images)
+    assert memory.counters().tolist()[2] == 6.0  # three maps written two epochs ago
     # no bound batch: everything falls back
     assert memory.current is None
     source(images)

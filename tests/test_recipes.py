@@ -347,7 +347,10 @@ def test_every_recipe_parses_and_builds_its_model_and_ops():
 def test_default_recipe_compares_cutout_and_keep_cutout_at_one_length():
     config = load_recipe("default")
     arms = dict(expand_arms(config))
-    assert list(arms) == ["cutout", "keep_cutout", "keep_cutout_random"]
+    assert list(arms) == ["cutout", "keep_cutout", "keep_cutout_random", "keep_cutout_memory"]
+    # the memory arm is the same op reading the saliency memory written by the training backward
+    assert {**arms["keep_cutout_memory"].ops[0], "saliency": "model"} == arms["keep_cutout"].ops[0]
+    assert arms["keep_cutout_memory"].ops[0]["saliency"] == "memory"
     cut, keep, null = arms["cutout"].ops[0], arms["keep_cutout"].ops[0], arms["keep_cutout_random"].ops[0]
     assert cut["name"] == "cutout" and keep["name"] == "keep_cutout" and keep["saliency"] == "model"
     assert cut["length"] == keep["size"]

@@ -385,18 +385,22 @@ class SaliencyMemory:
 
     # ------------------------------------------------------------------ counters (per epoch, on the device)
     def reset_counters(self) -> None:
-        self._reads = torch.zeros((), device=self.device)
-        self._fallbacks = torch.zeros((), device=self.device)
+        """Zero the read counters (the engine does at every epoch's start)."""
+        self._counts = torch.zeros(3, device=self.device)
 
-    def count_reads(self, fell_back: torch.Tensor) -> None:
-        self._reads = self._reads + fell_back.numel()
-        self._fallbacks = self._fallbacks + fell_back.to(self._fallbacks.device).float().sum()
+    def count_reads(self, fell_back: torch.Tensor, index: Optional[torch.Tensor] = None) -> None:
+        """Count a read of ``fell_back.numel()`` samples (and the age of those read from the memory)."""
+        fell_back = fell_back.to(self.device)
+        age = torch.zeros((), device=self.device)
+        if index is not None:
+            age = torch.where(fell_back, 0, self.age(index)).float().sum()
+        self._counts = self._counts + torch.stack([torch.full((), float(fell_back.numel()), device=self.device),
+                                                   fell_back.float().sum(), age])
 
     def counters(self) -> torch.Tensor:
-        """``[samples read, of which fell back, samples written, Σ age of the written]`` (device, float32)."""
-        written = self.written.float()
-        age = torch.where(self.written, (self.epoch - self.stamp).float(), 0.0)
-        return torch.stack([self._reads, self._fallbacks, written.sum(), age.sum()])
+        """``[samples read, of them fell back, Σ age of the maps read from memory, samples written so far]``
+        (float32, on the memory's device; the first three since :meth:`reset_counters`)."""
+        return torch.cat([self._counts, self.written.float().sum().view(1)])
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> Dict[str, Any]:
@@ -504,7 +508,7 @@ class MemorySaliency:
             if self.fallback is not None and self.memory.unseen(geometry):
                 fresh = self.fallback(images, targets)
                 maps = torch.where(flags.view(-1, 1, 1), fresh.to(maps.dtype), maps)
-        self.memory.count_reads(flags)
+        self.memory.count_reads(flags, None if geometry is None else geometry.index)
         self.last_stats = {"memory_fallback": flags}
         return maps
 

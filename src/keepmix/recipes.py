@@ -18,6 +18,9 @@ are resolved so a recipe never names Python objects:
 
 * ``saliency: model`` → the model being trained (unwrapped); ``saliency: early_head`` → the
   KeepAugment early head (created on demand, trained with the auxiliary loss);
+  ``saliency: memory`` → the run's saliency memory (:mod:`keepmix.memory`, written by the
+  training backward; section ``memory`` of the recipe: fallback, resolution, dtype), and
+  ``pairing: memory`` → greedy pairing on its maps;
   ``saliency: spectral`` / ``gradient`` as the op defines them;
 * a mapping with a ``name`` key, or a list of them, is built as a nested op (``SelectivePaste``'s
   ``transform``, ``Compose``'s ``ops``…);
@@ -130,6 +133,27 @@ class OptimConfig:
 
 
 @dataclass
+class MemoryConfig:
+    """The saliency memory (:mod:`keepmix.memory`) that ops given ``saliency: memory`` or
+    ``pairing: memory`` read; created only when an op asks for it, and written by the step's own backward.
+
+    ``fallback``: the saliency of samples not written yet (the first epoch) — ``model`` (a fresh
+    gradient pass of the model being trained), ``early_head``, ``spectral`` or ``uniform`` (flat
+    maps, free). ``scale``: the memory's resolution as a share of the image's (1.0; 0.5 halves
+    each side). ``dtype``: ``float16``, ``bfloat16`` or ``float32``. ``reduce``: what is written —
+    ``max`` (KeepAugment's max_c |∂ℓ/∂x|), ``rms`` (Guided-AP's channel RMS) or ``auto`` (``rms``
+    when a GuidedMixup reads the memory, else ``max``). ``min_own``: the share of a pixel that
+    must be the sample's own for the pixel to be written (½).
+    """
+
+    fallback: str = "model"
+    scale: float = 1.0
+    dtype: str = "float16"
+    reduce: str = "auto"
+    min_own: float = 0.5
+
+
+@dataclass
 class ArmConfig:
     """One arm of a comparison: its ops and dotted overrides applied to the recipe (``set``)."""
 
@@ -165,6 +189,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     ops: List[Dict[str, Any]] = field(default_factory=list)
     arms: List[ArmConfig] = field(default_factory=list)
     early_head: bool = False
@@ -217,6 +242,14 @@ class TrainConfig:
                  data.fraction)
         _require(data.val_fraction is None or 0 < data.val_fraction < 1, "data.val_fraction",
                  "must be in (0, 1)", data.val_fraction)
+        memory = self.memory
+        _require(memory.fallback in MEMORY_FALLBACKS, "memory.fallback", f"must be one of {MEMORY_FALLBACKS}",
+                 memory.fallback)
+        _require(0 < memory.scale <= 1, "memory.scale", "must be in (0, 1]", memory.scale)
+        _require(memory.dtype in ("float16", "bfloat16", "float32"), "memory.dtype",
+                 "must be float16, bfloat16 or float32", memory.dtype)
+        _require(memory.reduce in ("auto", "max", "rms"), "memory.reduce", "must be auto, max or rms", memory.reduce)
+        _require(0 < memory.min_own <= 1, "memory.min_own", "must be in (0, 1]", memory.min_own)
         for key in ("train_size", "eval_size", "image_size", "eval_batch_size"):
             value = getattr(data, key)
             _require(value is None or value >= 1, f"data.{key}", "must be >= 1 or null", value)
@@ -235,6 +268,7 @@ class TrainConfig:
 
 
 SCHEDULES = ("cosine", "multistep", "constant")
+MEMORY_FALLBACKS = ("model", "early_head", "spectral", "uniform")
 AMP_MODES = ("none", "bf16", "fp16")
 
 
@@ -670,6 +704,9 @@ class BuildContext:
     ``early_head``: a zero-argument callable returning the (shared) early head; called only when
     an op asks for ``saliency: early_head``. ``mean``/``std``: the normalisation, used to wrap
     model saliency for ops that run on un-normalised images. ``device``: where generators live.
+    ``memory``: a zero-argument callable returning the run's :class:`keepmix.memory.SaliencyMemory`
+    (``saliency: memory``, ``pairing: memory``); without one such ops get the ``memory_fallback``
+    source, which is what a memory nothing was written to yet gives.
     """
 
     model: Optional[nn.Module] = None
@@ -680,6 +717,8 @@ class BuildContext:
     mean: Optional[Sequence[float]] = None
     std: Optional[Sequence[float]] = None
     generators: Dict[str, torch.Generator] = field(default_factory=dict)
+    memory: Optional[Callable[[], Any]] = None
+    memory_fallback: str = "model"
 
 
 def op_space(op) -> str:
@@ -726,7 +765,9 @@ def _raw_space_class(cls) -> bool:
 
 
 def _saliency_value(value, spec: Dict[str, Any], ctx: BuildContext, raw: bool, path: str):
-    """Resolve ``saliency: model | early_head`` (wrapped for raw-space ops)."""
+    """Resolve ``saliency: model | early_head | memory`` (model saliency wrapped for raw-space ops)."""
+    if value == "memory":
+        return _memory_source(spec, ctx, raw, path)
     if value not in ("model", "early_head"):
         return value
     if value == "model":
@@ -743,6 +784,17 @@ def _saliency_value(value, spec: Dict[str, Any], ctx: BuildContext, raw: bool, p
         raise ValueError(f"{path}: a raw-space op with model saliency needs the normalisation mean/std")
     scale = spec.get("scale", spec.get("saliency_scale", 1.0))
     return NormalizedInput(source, ctx.mean, ctx.std, reduce="max", scale=scale)
+
+
+def _memory_source(spec: Dict[str, Any], ctx: BuildContext, raw: bool, path: str):
+    """``saliency: memory``: a :class:`keepmix.memory.MemorySaliency` of the run's memory with its fallback."""
+    from .memory import MemorySaliency, UniformSaliency
+    fallback = None if ctx.memory_fallback == "uniform" else _saliency_value(ctx.memory_fallback, spec, ctx, raw,
+                                                                           path + " (memory fallback)")
+    if ctx.memory is None:  # no memory to read (keepmix show): what an unwritten memory gives
+        return fallback if fallback is not None else UniformSaliency()
+    scale = spec.get("scale", spec.get("saliency_scale", 1.0))
+    return MemorySaliency(ctx.memory(), fallback, scale=scale if isinstance(fallback, nn.Module) else 1.0)
 
 
 def build_op(spec: Dict[str, Any], ctx: BuildContext, path: str = "ops[0]"):
@@ -778,6 +830,10 @@ def build_op(spec: Dict[str, Any], ctx: BuildContext, path: str = "ops[0]"):
         kwargs["saliency"] = "model"  # Keep ops default to the saliency of the model being trained
     if "saliency" in kwargs:
         kwargs["saliency"] = _saliency_value(kwargs["saliency"], spec, ctx, raw, path)
+    if kwargs.get("pairing") == "memory":  # greedy pairing on the memory's maps
+        from .memory import MemoryPairing
+        source = _memory_source(spec, ctx, raw, path)
+        kwargs["pairing"] = MemoryPairing(source) if ctx.memory is not None else "greedy"
     if "model" in params and "model" not in kwargs and ctx.model is not None:
         kwargs["model"] = ctx.model
     if "num_classes" in params and "num_classes" not in kwargs and ctx.num_classes is not None:
@@ -829,6 +885,36 @@ def build_frozen_model(spec: Dict[str, Any], ctx: BuildContext, path: str) -> nn
 def build_ops(specs: Sequence[Dict[str, Any]], ctx: BuildContext, prefix: str = "ops") -> List[Any]:
     """Build the ops of a recipe in order; ``ctx.generators`` collects every op generator by path."""
     return [build_op(spec, ctx, f"{prefix}[{i}]") for i, spec in enumerate(specs)]
+
+
+def uses_memory(specs: Sequence[Dict[str, Any]]) -> bool:
+    """Whether any op (nested ones included) reads the saliency memory (``saliency: memory``, ``pairing: memory``)."""
+    def visit(value) -> bool:
+        if isinstance(value, dict):
+            return value.get("saliency") == "memory" or value.get("pairing") == "memory" or \
+                any(visit(v) for v in value.values())
+        if isinstance(value, list):
+            return any(visit(v) for v in value)
+        return False
+    return visit(list(specs))
+
+
+def memory_reduce(specs: Sequence[Dict[str, Any]]) -> str:
+    """``memory.reduce: auto``: ``rms`` (Guided-AP's form) when a GuidedMixup reads the memory, else ``max``."""
+    def visit(value) -> bool:
+        if isinstance(value, dict):
+            if value.get("saliency") == "memory" and isinstance(value.get("name"), str):
+                try:
+                    cls, _ = resolve_op(value["name"])
+                except ValueError:
+                    cls = None
+                if cls is not None and cls.__name__ == "GuidedMixup":
+                    return True
+            return any(visit(v) for v in value.values())
+        if isinstance(value, list):
+            return any(visit(v) for v in value)
+        return False
+    return "rms" if visit(list(specs)) else "max"
 
 
 def uses_early_head(specs: Sequence[Dict[str, Any]]) -> bool:

@@ -13,6 +13,15 @@ Any :class:`~keepmix.protocol.Op` or composition works, because the engine only 
 protocol ``op(images, targets) -> (images, targets)``; class-index and soft targets both go to
 :func:`keepmix.losses.soft_target_cross_entropy` (equal to cross-entropy on class indices).
 
+**Saliency memory.** When an op reads ``saliency: memory`` (or ``pairing: memory``) the run keeps a
+:class:`keepmix.memory.SaliencyMemory` of the training set. Each step binds the batch's geometry
+(``batch.geometry``: indices, crops, flips) while the ops run, follows each pixel's ownership
+through them (:attr:`Augmentation.track_own`), makes the model's input a leaf that requires grad,
+and after the step's backward hands its gradient to the memory — no extra forward or backward, no
+host sync, parameter gradients bit-identical to a step without it. Metrics gain ``memory.fallback``
+(share of maps read that came from the fallback), ``memory.age`` and ``memory.written``; the
+memory is all-gathered under DDP and saved in the checkpoint.
+
 What one run writes under ``runs/<name>/``: ``config.yaml``; ``metrics.csv`` (one row per epoch:
 epoch, step, lr, train loss/accuracy, eval loss/top-1/top-5, seconds, and every op's fidelity
 statistics — fallback rate and count, λ mean, share of saliency kept); ``checkpoint.pt`` (written
@@ -71,7 +80,8 @@ from .engine.distributed import (Distributed, DistributedError, all_reduce_sum, 
                                  sync_buffers)
 from .losses import soft_target_cross_entropy
 from .recipes import (BuildContext, DataConfig, OptimConfig, TrainConfig, build_model_from_config, build_ops,
-                      config_from_dict, config_to_dict, config_to_yaml, expand_arms, op_space, uses_early_head)
+                      config_from_dict, config_to_dict, config_to_yaml, expand_arms, memory_reduce, op_space,
+                      uses_early_head, uses_memory)
 
 
 # --------------------------------------------------------------------------- devices
@@ -141,7 +151,10 @@ class OpStats:
         self.bool_keys: set = set()
 
     def add(self, op_name: str, stats: Dict[str, torch.Tensor]) -> None:
-        for key, value in stats.items():
+        for key in stats:
+            if key == "own":  # a per-pixel ownership map for the saliency memory, not a statistic
+                continue
+            value = stats[key]
             if not isinstance(value, torch.Tensor) or not (value.is_floating_point() or value.dtype == torch.bool):
                 continue
             name = f"{op_name}.{key}"
@@ -329,16 +342,31 @@ class Augmentation:
         self.normalized = list(zip(names[first_normalized:], ops[first_normalized:]))
         self.normalize = normalize
         self.stats = OpStats()
+        #: follow each pixel's ownership through the ops (for the saliency memory): ``last_own`` after a call
+        self.track_own = False
+        self.last_own: Optional[torch.Tensor] = None
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        own = None
         for name, op in self.raw:
+            before = images
             images, targets = op(images, targets)
             self.stats.add(name, getattr(op, "last_stats", {}) or {})
+            own = self._owned(own, op, before, images)
         images = self.normalize(images)
         for name, op in self.normalized:
+            before = images
             images, targets = op(images, targets)
             self.stats.add(name, getattr(op, "last_stats", {}) or {})
+            own = self._owned(own, op, before, images)
+        self.last_own = own
         return images, targets
+
+    def _owned(self, own, op, before: torch.Tensor, after: torch.Tensor):
+        if not self.track_own:
+            return None
+        from .memory import combine_ownership, ownership
+        return combine_ownership(own, ownership(op, before, after))
 
     def views(self, images: torch.Tensor, targets: torch.Tensor, count: int = 2):
         """AugMix's consistency inputs: ``(clean, [view_1, …, view_count])``, all normalised.
@@ -385,6 +413,7 @@ class RunData:
     train_size: int
     eval_size: int
     class_names: List[str] = field(default_factory=list)
+    image_size: Optional[Tuple[int, int]] = None  # (H, W) of the stored training images
 
 
 def _data_module():
@@ -458,13 +487,15 @@ class ShardedLoader:
         if batches == 0:
             return
         epoch = self.epoch
-        order = self.loader.epoch_order(epoch)
+        host_order = self.loader.epoch_order_host(epoch)
+        order = host_order.to(self.loader.device, non_blocking=True)
         share = self.loader.batch_size
         while self.batch_index < batches:
             b = self.batch_index
             start = b * self.global_batch + self.rank * share
             self.batch_index = b + 1
-            yield self.loader.make_batch(order[start:start + share], epoch, b * self.world_size + self.rank)
+            yield self.loader.make_batch(order[start:start + share], epoch, b * self.world_size + self.rank,
+                                         host_order[start:start + share])
         self.epoch += 1
         self.batch_index = 0
 
@@ -566,7 +597,8 @@ def prepare_data(config: TrainConfig, device: torch.device, job: Distributed, *,
                    eval_batches=_eval_batches(eval_images, eval_labels, spec.eval_batch_size or batch,
                                               to_model_input, job),
                    num_classes=num_classes, mean=mean, std=std, train_size=int(labels.shape[0]),
-                   eval_size=int(eval_labels.shape[0]), class_names=list(loaded.class_names))
+                   eval_size=int(eval_labels.shape[0]), class_names=list(loaded.class_names),
+                   image_size=(int(images.shape[-2]), int(images.shape[-1])))
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -640,14 +672,18 @@ class Trainer:
                 self.early_head = EarlyHead(model, data.num_classes, weight=config.early_head_weight).to(self.device)
             return self.early_head
 
-        if config.early_head or uses_early_head(config.ops):
+        self.memory = self._make_memory(data) if uses_memory(config.ops) else None
+        if config.early_head or uses_early_head(config.ops) or \
+                (self.memory is not None and config.memory.fallback == "early_head"):
             early_head()
         self.context = BuildContext(model=model, num_classes=data.num_classes, early_head=early_head,
                                     seed=config.seed + 1_000_003 * self.job.rank, device=self.device,
-                                    mean=data.mean, std=data.std)
+                                    mean=data.mean, std=data.std, memory=lambda: self.memory,
+                                    memory_fallback=config.memory.fallback)
         ops = build_ops(config.ops, self.context)
         self.op_names = op_display_names(config.ops)
         self.augment = Augmentation(ops, self.op_names, data.normalize)
+        self.augment.track_own = self.memory is not None
         forward_fn = torch.compile(model) if config.compile else None
         self.net = TrainNet(model, self.early_head, forward_fn)
         self.train_net: nn.Module = self.net
@@ -667,30 +703,77 @@ class Trainer:
         # augmentation randomness differs between ranks; model init above did not
         torch.manual_seed(config.seed + 7919 * (self.job.rank + 1))
 
+    def _make_memory(self, data: RunData):
+        """The run's saliency memory (ops read it with ``saliency: memory``): one map per training sample."""
+        from .memory import SaliencyMemory
+        size = data.image_size
+        if size is None:  # a RunData made by hand: the loader's stored images tell
+            loader = getattr(data.train, "loader", data.train)
+            stored = getattr(loader, "images", None)
+            if stored is None:
+                raise ValueError("saliency: memory needs RunData.image_size (the stored images' H×W)")
+            size = tuple(stored.shape[-2:])
+        spec = self.config.memory
+        reduce = memory_reduce(self.config.ops) if spec.reduce == "auto" else spec.reduce
+        memory = SaliencyMemory(data.train_size, size, scale=spec.scale, dtype=spec.dtype, device=self.device,
+                                reduce=reduce, min_own=spec.min_own)
+        memory.distributed = self.job.enabled
+        return memory
+
     # ------------------------------------------------------------------ one step
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """One optimiser step; returns device sums ``[loss·B, correct, B]`` (no host sync)."""
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor, geometry=None) -> torch.Tensor:
+        """One optimiser step; returns device sums ``[loss·B, correct, B]`` (no host sync).
+
+        ``geometry`` (the batch's :class:`keepmix.data.BatchGeometry`): with a saliency memory, the
+        ops read it for these samples and the step's backward writes it — the model's input is made
+        a leaf that requires grad, and after the backward its gradient goes to
+        :meth:`keepmix.memory.SaliencyMemory.record_gradient` with the ops' pixel ownership. The
+        parameters' gradients are those of a step without the memory, bit for bit.
+        """
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.step, self.steps_per_epoch, self.config.optim)
+        memory = self.memory if geometry is not None else None
         if self.config.jsd_weight > 0:
-            return self._train_step_jsd(images, labels)
-        images, targets = self.augment(images, labels)          # saliency happens inside the ops
+            return self._train_step_jsd(images, labels, memory, geometry)
+        with self._reading(memory, geometry):
+            images, targets = self.augment(images, labels)      # saliency happens inside the ops
         if self.config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        if memory is not None:
+            images = images.detach().requires_grad_(True)
         with autocast_context(self.device, self.config.amp):
             logits, aux = self.train_net(images, targets)
         loss = soft_target_cross_entropy(logits, targets, self.config.label_smoothing)
         total = loss if aux is None else loss + aux
-        return self._step(total, loss, logits, targets, labels.shape[0])
+        sums = self._step(total, loss, logits, targets, labels.shape[0])
+        if memory is not None:
+            memory.record_gradient(geometry, images.grad, self.augment.last_own)
+        return sums
 
-    def _train_step_jsd(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """AugMix's step: clean + two augmented views in one forward; CE(clean) + λ·JS(clean, v1, v2)."""
+    @contextlib.contextmanager
+    def _reading(self, memory, geometry):
+        """The memory bound to this batch while the ops run (they read it for these samples)."""
+        if memory is None:
+            yield
+            return
+        with memory.batch(geometry):
+            yield
+
+    def _train_step_jsd(self, images: torch.Tensor, labels: torch.Tensor, memory=None, geometry=None
+                        ) -> torch.Tensor:
+        """AugMix's step: clean + two augmented views in one forward; CE(clean) + λ·JS(clean, v1, v2).
+
+        With a memory, the clean third of the batch (only normalised: every pixel owned) writes it.
+        """
         from .policies import jensen_shannon_loss
-        clean, views = self.augment.views(images, labels, 2)
+        with self._reading(memory, geometry):
+            clean, views = self.augment.views(images, labels, 2)
         batch = labels.shape[0]
         stacked = torch.cat([clean, *views])
         if self.config.channels_last:
             stacked = stacked.contiguous(memory_format=torch.channels_last)
+        if memory is not None:
+            stacked = stacked.detach().requires_grad_(True)
         with autocast_context(self.device, self.config.amp):
             logits_all, aux = self.train_net(stacked, labels.repeat(3))
         logits_all = logits_all.float()
@@ -700,7 +783,10 @@ class Trainer:
                                                                     logits_all[2 * batch:])
         if aux is not None:
             total = total + aux
-        return self._step(total, loss, logits, labels, batch)
+        sums = self._step(total, loss, logits, labels, batch)
+        if memory is not None:
+            memory.record_gradient(geometry, stacked.grad[:batch])
+        return sums
 
     def _step(self, total: torch.Tensor, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
               batch: int) -> torch.Tensor:
@@ -717,14 +803,18 @@ class Trainer:
         """One epoch over the loader (capped at ``max_steps_per_epoch``); returns train metrics."""
         self.net.train()
         self.augment.stats = OpStats()
+        if self.memory is not None:
+            self.memory.set_epoch(self.epoch)
+            self.memory.reset_counters()
         sums = torch.zeros(3, device=self.device)
         bar = None
         if self.config.progress and self.job.is_main and _is_terminal(sys.stderr):
             from tqdm.auto import tqdm
             bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.config.optim.epochs}",
                        leave=False, dynamic_ncols=True, file=sys.stderr)
-        for index, (images, labels) in enumerate(_take(self.data.train, self.steps_per_epoch)):
-            sums += self.train_step(images, labels)
+        for index, batch in enumerate(_take(self.data.train, self.steps_per_epoch)):
+            images, labels = batch
+            sums += self.train_step(images, labels, getattr(batch, "geometry", None))
             if bar is not None:
                 bar.update(1)
                 if (index + 1) % self.config.log_every == 0:
@@ -733,8 +823,23 @@ class Trainer:
             bar.close()
         totals = all_reduce_sum(sums, self.job).cpu()
         stats = self.augment.stats.summary(self.job, self.device)
+        if self.memory is not None:
+            stats.update(self._memory_stats())
         count = float(totals[2])
         return {"train_loss": float(totals[0]) / count, "train_acc": 100.0 * float(totals[1]) / count, **stats}
+
+    def _memory_stats(self) -> Dict[str, float]:
+        """The epoch's memory columns: ``memory.fallback`` (share of the maps read that came from the
+        fallback) and its count, ``memory.age`` (mean epochs since the maps read from memory were
+        written) and ``memory.written`` (share of the training set written so far)."""
+        counts = self.memory.counters()
+        reads = all_reduce_sum(counts[:3], self.job).cpu()     # every rank reads its own samples
+        written = float(counts[3])                               # the memory is the same on every rank
+        from_memory = float(reads[0] - reads[1])
+        return {"memory.fallback": float(reads[1] / reads[0]) if reads[0] > 0 else math.nan,
+                "memory.fallback_count": float(reads[1]),
+                "memory.age": float(reads[2]) / from_memory if from_memory > 0 else math.nan,
+                "memory.written": written / self.memory.num_samples}
 
     # ------------------------------------------------------------------ the run
     def fit(self, stop_after_epoch: Optional[int] = None) -> Dict[str, Any]:
@@ -827,13 +932,15 @@ class Trainer:
             remove_if_empty(created)
 
     def _checkpoint_bytes(self) -> int:
-        """About the size of a checkpoint: the model, head and optimiser state (momentum included), plus 1 MB."""
+        """About the size of a checkpoint: the model, head and optimiser state (momentum included), the
+        saliency memory, plus 1 MB."""
         tensors = list(self.model.state_dict().values())
         if self.early_head is not None:
             tensors += list(self.early_head.state_dict().values())
         params = sum(p.numel() * p.element_size() for p in self.net.parameters())
         momentum = params if self.config.optim.momentum > 0 else 0
-        return sum(t.numel() * t.element_size() for t in tensors) + momentum + (1 << 20)
+        memory = self.memory.nbytes + self.memory.num_samples if self.memory is not None else 0
+        return sum(t.numel() * t.element_size() for t in tensors) + momentum + memory + (1 << 20)
 
     def evaluate(self) -> Dict[str, float]:
         return evaluate(self.model, self.data.eval_batches(), device=self.device, amp=self.config.amp,
@@ -911,6 +1018,7 @@ class Trainer:
             "early_head": self.early_head.state_dict() if self.early_head is not None else None,
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "world_size": self.job.world_size, "ranks": gathered,
+            "memory": self.memory.state_dict() if self.memory is not None else None,
         }
 
     def save(self) -> Optional[Path]:
@@ -946,6 +1054,11 @@ class Trainer:
         restore_rng(local["rng"], self.context.generators)
         if local["loader"] is not None:
             self.data.train.load_state_dict(local["loader"])
+        if self.memory is not None:
+            if payload.get("memory") is None:
+                raise ValueError(f"{self.resumed_from}: the checkpoint holds no saliency memory for this run's "
+                                 "'saliency: memory' ops")
+            self.memory.load_state_dict(payload["memory"])
 
 
 #: config fields that do not change what is trained (may differ when resuming)
@@ -976,7 +1089,7 @@ def config_differences(saved: TrainConfig, current: TrainConfig) -> List[str]:
     a, b = config_to_dict(saved), config_to_dict(current)
     changed = []
     for key in a:
-        if key in ("data", "model", "optim"):
+        if key in ("data", "model", "optim", "memory") and isinstance(a[key], dict) and isinstance(b.get(key), dict):
             changed.extend(f"{key}.{sub}" for sub in a[key]
                            if f"{key}.{sub}" not in RUNTIME_FIELDS and a[key][sub] != b[key][sub])
         elif key not in RUNTIME_FIELDS and a[key] != b[key]:
@@ -1056,9 +1169,18 @@ def validate_build(config: TrainConfig) -> None:
                 head.append(EarlyHead(stand_in, 10))
             return head[0]
 
+        memory: List[Any] = []
+
+        def stand_in_memory():
+            if not memory:
+                from .memory import SaliencyMemory
+                memory.append(SaliencyMemory(1, (8, 8)))
+            return memory[0]
+
         for arm, c in configs:
             context = BuildContext(model=stand_in, num_classes=10, early_head=early_head, seed=c.seed, device="cpu",
-                                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+                                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), memory=stand_in_memory,
+                                   memory_fallback=c.memory.fallback)
             for index, spec in enumerate(c.ops):
                 where = f"arm {arm!r}: ops[{index}]" if arm else f"ops[{index}]"
                 try:
