@@ -203,8 +203,10 @@ def _last_train_accuracy(metrics) -> Optional[float]:
 
 
 def _train_one(config, folder: Path) -> Dict[str, Any]:
+    """Train one run; a run interrupted mid-way continues from its checkpoint (exact resume)."""
     from .train import Trainer
-    return Trainer(config, run_dir=folder, quiet=True).fit()
+    checkpoint = folder / "checkpoint.pt"
+    return Trainer(config, run_dir=folder, quiet=True, resume=checkpoint if checkpoint.is_file() else None).fit()
 
 
 def _progress(total: int, name: str):
