@@ -35,6 +35,8 @@ TARGETS = {  # issue targets at batch 64 (ratio to a training step)
     "KeepCutout selection given saliency": 0.01,
     "gradient saliency, full resolution": 0.75,
     "gradient saliency, half resolution": 0.30,
+    "KeepCutout, saliency memory (read + write), end to end": 0.05,
+    "GuidedMixup-AP (greedy), saliency memory (read + write), end to end": 0.05,
 }
 
 
@@ -145,9 +147,58 @@ def run(batch_sizes: Sequence[int] = (16, 32, 64), device: Optional[str] = None,
         row = {"step_s": step_s}
         for name, fn in ops.items():
             row[name] = measure(fn, dev, repeats, warmup) / step_s
+        row.update(_memory_rows(model, opt, x, y, num_classes, g, repeats, warmup, step_s))
         results[batch] = row
     head.remove()
     return results
+
+
+def _memory_rows(model, opt, x, y, num_classes: int, generator, repeats: int, warmup: int,
+                 step_s: float) -> Dict[str, float]:
+    """KeepCutout and Guided-AP reading a saliency memory (keepmix.memory), as a share of a step.
+
+    The op's cost is its read (the op on the memory's maps, every sample written) plus the write:
+    a training step whose input is a grad leaf, followed by the ownership of the op's pixels and
+    ``record_gradient``, minus the same step without it (the difference of two medians).
+    """
+    from .data import identity_geometry
+    from .memory import MemorySaliency, SaliencyMemory, ownership
+    dev = x.device
+    batch = x.shape[0]
+    geometry = identity_geometry(torch.arange(batch, device=dev), tuple(x.shape[-2:]), host_index=torch.arange(batch))
+    rows: Dict[str, float] = {}
+    cases = (("KeepCutout, saliency memory (read + write), end to end", "max",
+              lambda source: KeepCutout(16, saliency=source, generator=generator)),
+             ("GuidedMixup-AP (greedy), saliency memory (read + write), end to end", "rms",
+              lambda source: GuidedMixup(num_classes, saliency=source, mix_prob=1.0, generator=generator)))
+    for name, reduce, make in cases:
+        memory = SaliencyMemory(batch, tuple(x.shape[-2:]), device=dev, reduce=reduce)
+        memory.write(geometry, sal.gradient(model, x, y, reduce=reduce))
+        op = make(MemorySaliency(memory))
+
+        def read():
+            with memory.batch(geometry):
+                return op(x, y)[0]
+
+        out = read()
+
+        def plain_step():
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(out), y).backward()
+            opt.step()
+
+        def step_and_write():
+            opt.zero_grad(set_to_none=True)
+            leaf = out.detach().requires_grad_(True)
+            F.cross_entropy(model(leaf), y).backward()
+            opt.step()
+            memory.record_gradient(geometry, leaf.grad, ownership(op, x, out))
+
+        write_s = max(0.0, measure(step_and_write, dev, repeats, warmup) - measure(plain_step, dev, repeats, warmup))
+        read_s = measure(read, dev, repeats, warmup)
+        rows[name.replace("(read + write), end to end", "write (in the step)")] = write_s / step_s
+        rows[name] = (read_s + write_s) / step_s
+    return rows
 
 
 def format_table(results: Dict[int, Dict[str, float]], device: str) -> str:
