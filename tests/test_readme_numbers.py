@@ -31,13 +31,16 @@ def _block():
 
 def test_readme_block_arms_are_the_default_recipes():
     from keepmix.recipes import expand_arms, load_recipe
-    tool, _ = _block()
+    tool, block = _block()
     assert [name for name, _ in expand_arms(load_recipe("default"))] == list(tool.ARMS)
+    assert "| seed | " + " | ".join(tool.ARMS) + " | command |" in block, \
+        "the README's default-run numbers predate the recipe's arms: rerun python tools/readme_numbers.py"
 
 
 def test_readme_numbers_agree_with_their_own_rows():
     tool, block = _block()
-    rows = re.findall(r"^\| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| `(.*?)` \|$", block, re.M)
+    cells = r" \| ".join([r"([\d.]+)"] * len(tool.ARMS))
+    rows = re.findall(rf"^\| (\d+) \| {cells} \| `(.*?)` \|$", block, re.M)
     assert len(rows) >= 3, "at least three seeds"
     seeds = [int(r[0]) for r in rows]
     values = {arm: [float(r[1 + k]) for r in rows] for k, arm in enumerate(tool.ARMS)}
@@ -67,7 +70,7 @@ def test_render_from_runs(tmp_path, monkeypatch):
     """The tool's rendering on runs it did not make: per-seed rows, mean ± sd, paired t-intervals."""
     tool = _tool()
     monkeypatch.setattr(tool, "run_dir", lambda seed: tmp_path / f"s{seed}")
-    top1 = {0: (80.0, 90.0, 79.0), 1: (82.0, 94.0, 81.0), 2: (84.0, 92.0, 80.0)}
+    top1 = {0: (80.0, 90.0, 79.0, 91.0), 1: (82.0, 94.0, 81.0, 93.0), 2: (84.0, 92.0, 80.0, 92.0)}
     for seed, values in top1.items():
         folder = tmp_path / f"s{seed}"
         folder.mkdir()
@@ -79,8 +82,9 @@ def test_render_from_runs(tmp_path, monkeypatch):
         (folder / "printed.txt").write_text("arm top-1\n----\n" + "\n".join(
             f"{arm} {v:.2f}" for arm, v in zip(tool.ARMS, values)) + "\n\nmore\n")
     block = tool.render([0, 1, 2])
-    assert "| 1 | 82.00 | 94.00 | 81.00 |" in block
-    assert "| mean ± sd | 82.00 ± 2.00 | 92.00 ± 2.00 | 80.00 ± 1.00 | |" in block
+    assert "| 1 | 82.00 | 94.00 | 81.00 | 93.00 |" in block
+    assert "| mean ± sd | 82.00 ± 2.00 | 92.00 ± 2.00 | 80.00 ± 1.00 | 92.00 ± 1.00 | |" in block
+    assert "- keep_cutout_memory − keep_cutout: +0.00 ± 1.00" in block
     # keep − cutout: 10, 12, 8 → mean 10, sd 2, half-width 4.303·2/√3 = 4.97
     assert "- keep_cutout − cutout: +10.00 ± 2.00 (95 % CI +5.03 … +14.97)" in block
     readme = tmp_path / "README.md"

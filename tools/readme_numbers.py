@@ -5,8 +5,8 @@
     python tools/readme_numbers.py --launches # rewrite only the operator-call table (deterministic, ~1 min)
     python tools/readme_numbers.py --boxes    # rewrite only the box-family table (deterministic, seconds)
 
-Each seed is `keepmix train --set seed=S --set name=readme/default_seedS` (all three arms of the default
-recipe: Cutout, KeepCutout, KeepCutout with random maps). The block between the
+Each seed is `keepmix train --set seed=S --set name=readme/default_seedS` (all four arms of the default
+recipe: Cutout, KeepCutout, KeepCutout with random maps, KeepCutout with the saliency memory). The block between the
 ``<!-- numbers:default -->`` markers is replaced by: seed 0's printed table (what `make train` prints),
 every seed's top-1 per arm, mean ± standard deviation, and the paired differences with a 95 % t-interval
 (seeds pair the arms: the same data order and initialisation). A README number the commands no longer
@@ -26,8 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- numbers:default -->", "<!-- /numbers:default -->"
-ARMS = ("cutout", "keep_cutout", "keep_cutout_random")
-PAIRS = (("keep_cutout", "cutout"), ("keep_cutout_random", "cutout"), ("keep_cutout", "keep_cutout_random"))
+ARMS = ("cutout", "keep_cutout", "keep_cutout_random", "keep_cutout_memory")
+PAIRS = (("keep_cutout", "cutout"), ("keep_cutout_random", "cutout"), ("keep_cutout", "keep_cutout_random"),
+         ("keep_cutout_memory", "keep_cutout"))
 #: two-sided 95 % quantiles of Student's t for 1…10 degrees of freedom
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
@@ -96,7 +97,9 @@ def render(seeds) -> str:
                "inconclusive at 95 %: the interval includes 0")
     out += ["", f"Reading: KeepCutout beat Cutout on {wins[PAIRS[0]]} of {len(seeds)} seeds and its null control on "
                 f"{wins[PAIRS[2]]} of {len(seeds)}; the null control beat Cutout on {wins[PAIRS[1]]} of {len(seeds)} "
-                f"(mean {null_mean:+.2f} points). The claim that KeepCutout beats Cutout here: {verdict}.",
+                f"(mean {null_mean:+.2f} points). The claim that KeepCutout beats Cutout here: {verdict}. "
+                f"KeepCutout reading the saliency memory beat fresh-saliency KeepCutout on {wins[PAIRS[3]]} of "
+                f"{len(seeds)} seeds.",
             "", "Written by `python tools/readme_numbers.py` from the runs it made.", "", END]
     return "\n".join(out)
 
