@@ -326,3 +326,22 @@ def test_writes_are_all_gathered_so_every_rank_holds_the_whole_memory():
         maps = torch.arange(32.0).view(2, 4, 4) + 10 * rank + 1
         expected = (maps / maps.amax(dim=(1, 2), keepdim=True)).half()
         assert torch.equal(states[0]["maps"][[rank, 4 + rank]], expected)
+
+
+def test_the_memory_itself_is_a_saliency_source_with_its_named_fallback():
+    import keepmix
+    memory = keepmix.SaliencyMemory(4, (16, 16), dtype="float32", fallback=_Counting())
+    geometry = identity_geometry(torch.arange(4), (16, 16))
+    images = torch.rand(4, 3, 16, 16) + 1.0
+    keep = KeepCutout(6, saliency=memory, generator=torch.Generator().manual_seed(0))
+    with memory.batch(geometry):
+        keep(images, torch.tensor([0, 1, 2, 0]))
+    assert keep.last_stats["memory_fallback"].all() and memory._reader.fallback.calls == 1
+    salient = torch.zeros(4, 16, 16)
+    salient[:, :, :8] = 1.0
+    memory.write(geometry, salient)
+    mixer = GuidedMixup(3, saliency=memory, mix_prob=1.0, generator=torch.Generator().manual_seed(0))
+    with memory.batch(geometry):
+        mixer(images, torch.tensor([0, 1, 2, 0]))
+    assert not mixer.last_stats["memory_fallback"].any() and memory._reader.fallback.calls == 1
+    assert MemoryPairing(memory).saliency is memory._reader

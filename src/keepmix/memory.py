@@ -171,6 +171,9 @@ class SaliencyMemory:
         reduce: what is written: ``"max"`` (KeepAugment, max_c |∂ℓ/∂x|) or ``"rms"`` (Guided-AP).
         min_own: the ownership a memory cell needs to be written (½; in (0, 1]).
         supersample: S, points per cell side when writing (default ⌈image/memory⌉ per side).
+        fallback: the source for samples not written yet when the memory itself is given to an op as
+            ``saliency=memory`` (a model, ``"spectral"``, any source; None: flat maps) — the memory is
+            then a saliency source like a model (:class:`MemorySaliency` over it).
 
     Attributes: ``maps`` N×R_h×R_w, ``written`` (N,) bool, ``stamp`` (N,) int32 (epoch of the last
     write, −1 never), ``epoch`` (the engine's epoch, for ages), ``current`` (the bound geometry).
@@ -178,7 +181,8 @@ class SaliencyMemory:
 
     def __init__(self, num_samples: int, image_size, *, scale: float = 1.0,
                  resolution: Optional[Tuple[int, int]] = None, dtype: Union[str, torch.dtype] = "float16",
-                 device=None, reduce: str = "max", min_own: float = 0.5, supersample: Optional[int] = None):
+                 device=None, reduce: str = "max", min_own: float = 0.5, supersample: Optional[int] = None,
+                 fallback=None):
         self.num_samples = _positive_int(num_samples, "num_samples")
         if isinstance(image_size, numbers.Integral):
             image_size = (image_size, image_size)
@@ -208,6 +212,21 @@ class SaliencyMemory:
         self._seen = torch.zeros(self.num_samples, dtype=torch.bool)  # host: ever passed to a write
         self._pending: List[Tuple[torch.Tensor, Any]] = []            # device→host copies of gathered indices
         self.reset_counters()
+        self._reader = MemorySaliency(self, fallback)
+
+    # ------------------------------------------------------------------ the memory as a saliency source
+    def __call__(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``saliency=memory``: the bound batch's maps, falling back as :class:`MemorySaliency` does."""
+        return self._reader(images, targets)
+
+    @property
+    def last_stats(self) -> Dict[str, torch.Tensor]:
+        """``memory_fallback`` of the last call as a source."""
+        return self._reader.last_stats
+
+    def set_fallback(self, fallback, *, scale: float = 1.0) -> None:
+        """The source used for unwritten samples when the memory is called as a source."""
+        self._reader = MemorySaliency(self, fallback, scale=scale)
 
     # ------------------------------------------------------------------ sizes
     @staticmethod
@@ -525,8 +544,8 @@ class MemoryPairing:
     """
 
     def __init__(self, source, fallback="spectral"):
-        if isinstance(source, SaliencyMemory):
-            source = MemorySaliency(source, fallback)
+        if isinstance(source, SaliencyMemory):  # its own fallback when it has one, else ``fallback``
+            source = source._reader if source._reader.fallback is not None else MemorySaliency(source, fallback)
         if not isinstance(source, MemorySaliency):
             raise TypeError(f"source must be a MemorySaliency or a SaliencyMemory, got {type(source).__name__}")
         self.saliency = source
@@ -552,7 +571,7 @@ def source_stats(source, saliency_maps: Optional[torch.Tensor] = None) -> Dict[s
         return {}
     while isinstance(source, NormalizedInput):
         source = source.source
-    if isinstance(source, MemorySaliency):
+    if isinstance(source, (MemorySaliency, SaliencyMemory)):
         return dict(source.last_stats)
     return {}
 
