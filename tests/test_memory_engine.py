@@ -23,9 +23,10 @@ def _first_batch(trainer):
     return batch[0], batch[1], batch.geometry
 
 
-@pytest.mark.parametrize("ops", [[{"name": "cutout", "length": 6}], [{"name": "mixup"}], []])
-def test_writing_the_memory_leaves_the_parameter_gradients_bit_identical(tmp_path, ops):
-    config = tiny_config(tmp_path, ops=ops, optim={"epochs": 1})
+@pytest.mark.parametrize("ops,runtime", [([{"name": "cutout", "length": 6}], {}), ([{"name": "mixup"}], {}), ([], {}),
+                                         ([{"name": "cutout", "length": 6}], {"amp": "bf16", "channels_last": True})])
+def test_writing_the_memory_leaves_the_parameter_gradients_bit_identical(tmp_path, ops, runtime):
+    config = tiny_config(tmp_path, ops=ops, optim={"epochs": 1}, **runtime)
     plain = Trainer(config, run_dir=tmp_path / "a", quiet=True)
     with_memory = Trainer(config, run_dir=tmp_path / "b", quiet=True)
     with_memory.memory = with_memory._make_memory(with_memory.data)
