@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from keepmix import Cutout, GuidedMixup, KeepCutMix, KeepCutout, KeepRandomErasing, Mixup, SelectivePaste
-from keepmix.data import BatchGeometry, identity_geometry, output_to_source, random_crop_flip
+from keepmix.data import identity_geometry, output_to_source, random_crop_flip
 from keepmix.memory import (MemoryPairing, MemorySaliency, SaliencyMemory, UniformSaliency, combine_ownership,
                             gradient_map, ownership)
 from keepmix.pairing import greedy_pairing, saliency_distance

@@ -8,7 +8,7 @@ import csv
 import pytest
 import torch
 
-from keepmix.data import identity_geometry, output_to_source, random_crop_flip
+from keepmix.data import identity_geometry, random_crop_flip
 from keepmix.memory_study import main, masks_on_grid, rank_correlation
 
 
