@@ -169,3 +169,15 @@ def test_the_command_line_section_uses_existing_commands_and_flags():
                 assert flag in known, f"README: keepmix {words[1]} has no {flag}"
                 checked += 1
     assert checked >= 10
+
+
+def test_the_eval_example_names_the_default_recipes_sets():
+    from keepmix.recipes import load_recipe
+    from keepmix.train import load_sets
+    match = re.search(r"the run's evaluation set, (\d+) of\s+its (\d+)\)", README)
+    whole = re.search(r"the whole split, all (\d+)\)", README)
+    assert match and whole
+    cache = {}
+    _, _, images, _, _ = load_sets(load_recipe("default").data, cache, eval_only=True)
+    split_size = max(int(entry[0].shape[0]) for entry in cache.values())
+    assert (int(match.group(1)), int(match.group(2)), int(whole.group(1))) == (images.shape[0], split_size, split_size)
