@@ -152,12 +152,9 @@ def fill_tensor(fill, images: torch.Tensor) -> torch.Tensor:
             raise ValueError(f"fill must have one value per channel ({channels}), got {len(values)}")
     else:
         values = (values,) * channels
-    out = torch.tensor(values, dtype=torch.float64).view(1, channels, 1, 1)
-    if images.dtype == torch.uint8:
-        out = out.round()
-    else:
-        out = out / 255.0
-    return out.to(device=images.device, dtype=images.dtype)
+    # on the host in double precision (Python floats), then one float32/uint8 tensor on the device
+    values = tuple(float(round(v)) if images.dtype == torch.uint8 else v / 255.0 for v in values)
+    return torch.tensor(values, dtype=images.dtype, device=images.device).view(1, channels, 1, 1)
 
 
 def _work(images: torch.Tensor) -> Tuple[torch.Tensor, float]:
@@ -400,14 +397,11 @@ def _affine(images: torch.Tensor, matrix: torch.Tensor, fill: torch.Tensor, inte
     return torch.where(inside, value, fill)
 
 
-def _trig_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
 def _rotate_matrix(degrees: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    theta = degrees.to(_trig_dtype(degrees.device)) * (math.pi / 180.0)
-    # Rounded like PIL so that multiples of 90° give exact 0/±1 entries.
-    cos, sin = torch.cos(theta).round(decimals=12), torch.sin(theta).round(decimals=12)
+    theta = degrees.float() * (math.pi / 180.0)  # float32: no float64 on the device
+    # Rounded (as PIL rounds) so that multiples of 90° give exact 0/±1 entries; 6 decimals is what float32
+    # resolves (cos 90° = −4.4e-8 in float32), and moves a 224-px coordinate by at most 1e-4 pixel.
+    cos, sin = torch.cos(theta).round(decimals=6), torch.sin(theta).round(decimals=6)
     cx, cy = width / 2.0, height / 2.0
     return torch.stack([cos, -sin, cx - cos * cx + sin * cy,
                         sin, cos, cy - sin * cx - cos * cy], dim=1).view(-1, 2, 3)
