@@ -39,13 +39,16 @@ from .cifar import TensorData, load_cifar10, load_cifar100, read_cifar_pickle
 from .download import (ChecksumError, ChecksumWarning, download_and_extract, download_url, extract_archive,
                        file_md5, verify_files)
 from .fine_grained import caltech101, cub200, fgvc_aircraft, flowers102, stanford_cars
-from .images import ImageFileDataset, image_folder, read_image, resize_image
+from .images import ImageFileDataset, image_folder, open_rgb, read_image, resize_image
 from .loader import (BatchGeometry, DeviceLoader, LoaderBatch, collate_with_geometry, compose_geometry, derive_seed,
                      identity_geometry, make_dataloader, normalize, output_to_source, random_crop_flip,
                      source_to_output)
+from .shards import TarShardDataset, shard_paths, tar_shards, write_shards
+from .stream import EvalStream, StreamDataset, StreamLoader, StreamSampler, choose_loader, open_image
 from .subsets import stratified_subset, train_val_split
 from .synthetic import SALIENT_SHAPES_MEAN, SALIENT_SHAPES_STD, SalientShapes, make_templates
 from .tiny_imagenet import tiny_imagenet
+from .transforms import SampleTransform, center_box, random_resized_box
 
 __all__ = [
     "LoadedDataset", "load_dataset", "available_datasets", "canonical_name", "DESCRIPTIONS", "NORMALIZATION",
@@ -55,7 +58,9 @@ __all__ = [
     "stratified_subset", "train_val_split", "DeviceLoader", "make_dataloader", "random_crop_flip",
     "normalize", "derive_seed", "BatchGeometry", "LoaderBatch", "identity_geometry", "compose_geometry",
     "output_to_source", "source_to_output", "collate_with_geometry", "download_url", "download_and_extract", "extract_archive", "file_md5",
-    "verify_files", "ChecksumError", "ChecksumWarning",
+    "verify_files", "ChecksumError", "ChecksumWarning", "imagenet", "open_rgb",
+    "StreamDataset", "StreamSampler", "StreamLoader", "EvalStream", "choose_loader", "open_image", "SampleTransform",
+    "random_resized_box", "center_box", "TarShardDataset", "write_shards", "tar_shards", "shard_paths",
 ]
 
 Stats = Tuple[float, float, float]
@@ -71,6 +76,8 @@ NORMALIZATION: Dict[str, Tuple[Stats, Stats]] = {
     "cifar100": CIFAR100_STATS,
     "tiny_imagenet": IMAGENET_STATS,
     "imagefolder": IMAGENET_STATS,
+    "imagenet": IMAGENET_STATS,
+    "shards": IMAGENET_STATS,
     "cub200": IMAGENET_STATS,
     "cars": IMAGENET_STATS,
     "aircraft": IMAGENET_STATS,
@@ -169,6 +176,14 @@ def _cifar100(root, split, download, strict, **options):
                                                        strict=strict, **options))
 
 
+def imagenet(root, split: str = "train", *, image_size=None, transform=None) -> ImageFileDataset:
+    """ILSVRC-2012 as an ImageFolder: ``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG`` (the
+    validation images sorted into class folders, as PyTorch's ImageNet example expects); 1000 classes."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val' for 'imagenet', got {split!r}")
+    return image_folder(root, split, image_size=image_size, transform=transform)
+
+
 def _files(name: str, loader: Callable[..., ImageFileDataset]):
     def load(root, split, download, strict, **options):
         _no_download(name, download)
@@ -182,6 +197,8 @@ _REGISTRY: Dict[str, Callable[..., LoadedDataset]] = {
     "cifar100": _cifar100,
     "tiny_imagenet": _files("tiny_imagenet", tiny_imagenet),
     "imagefolder": _files("imagefolder", image_folder),
+    "imagenet": _files("imagenet", imagenet),
+    "shards": _files("shards", tar_shards),
     "cub200": _files("cub200", cub200),
     "cars": _files("cars", stanford_cars),
     "aircraft": _files("aircraft", fgvc_aircraft),
@@ -194,7 +211,8 @@ _REGISTRY: Dict[str, Callable[..., LoadedDataset]] = {
 _ALIASES = {"cifar_10": "cifar10", "cifar_100": "cifar100", "tinyimagenet": "tiny_imagenet",
             "cub": "cub200", "cub_200_2011": "cub200", "stanford_cars": "cars", "fgvc_aircraft": "aircraft",
             "caltech_101": "caltech101", "flowers_102": "flowers102", "salientshapes": "salient_shapes",
-            "image_folder": "imagefolder"}
+            "image_folder": "imagefolder", "ilsvrc2012": "imagenet", "webdataset": "shards",
+            "tar_shards": "shards"}
 
 
 #: one line per data set, for ``keepmix list datasets``
@@ -204,6 +222,8 @@ DESCRIPTIONS: Dict[str, str] = {
     "cifar100": "CIFAR-100, the official python pickles (data.download: true fetches them)",
     "tiny_imagenet": "Tiny-ImageNet-200 folder (200 classes, 64×64; val = test)",
     "imagefolder": "any ROOT/<split>/<class>/*.jpg folder",
+    "imagenet": "ILSVRC-2012 as ROOT/{train,val}/<wnid>/*.JPEG (1000 classes; streamed by default)",
+    "shards": "WebDataset-format tar shards ROOT/<split>-NNNNNN.tar (+ classes.txt): python -m keepmix.data.shards",
     "cub200": "CUB-200-2011 birds, its published layout",
     "cars": "Stanford Cars, its published layout (.mat files: keepmix[fgvc])",
     "aircraft": "FGVC-Aircraft 2013b, its published layout",

@@ -46,14 +46,23 @@ def is_image_file(path: PathLike) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def read_image(path: PathLike) -> torch.Tensor:
-    """Decode an image file into a uint8 3×H×W RGB tensor."""
+def open_rgb(source, what=None):
+    """Decode an image (a path or a binary file object) into an RGB PIL image at its native size.
+
+    ``what`` names the source in the error raised for a broken file (default: the path).
+    """
     image_module = require_pillow()
     try:
-        with image_module.open(path) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        with image_module.open(source) as image:
+            return image.convert("RGB")
     except (OSError, ValueError, SyntaxError) as error:  # Pillow reports broken files in these
-        raise ValueError(f"image file {path} could not be decoded ({type(error).__name__}: {error})") from error
+        name = what if what is not None else source
+        raise ValueError(f"image file {name} could not be decoded ({type(error).__name__}: {error})") from error
+
+
+def read_image(path: PathLike) -> torch.Tensor:
+    """Decode an image file into a uint8 3×H×W RGB tensor."""
+    array = np.asarray(open_rgb(path), dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
@@ -116,6 +125,10 @@ class ImageFileDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def open_image(self, index: int):
+        """Sample ``index`` as an RGB PIL image at its native size (what the streaming path's workers crop)."""
+        return open_rgb(self.paths[index])
 
     def __getitem__(self, index: int):
         image = read_image(self.paths[index])
