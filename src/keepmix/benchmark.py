@@ -60,6 +60,20 @@ def measure(fn: Callable[[], object], device: torch.device, repeats: int, warmup
     return statistics.median(times)
 
 
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                  y: torch.Tensor) -> Callable[[], None]:
+    """The reference every ratio divides by: one training step (forward, cross-entropy, backward, SGD)
+    of ``model`` in train mode on the batch (x, y)."""
+    model.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
 def _loop_keepcutout_reference(maps: torch.Tensor, size: int, tau: float) -> List[tuple]:
     """The per-image style of public KeepAugment code, for comparison: avg_pool scores,
     a quantile and rejection sampling, one image at a time with host round trips."""
@@ -110,14 +124,7 @@ def run(batch_sizes: Sequence[int] = (16, 32, 64), device: Optional[str] = None,
     for batch in batch_sizes:
         x = torch.randn(batch, 3, image_size, image_size, device=dev)
         y = torch.randint(0, num_classes, (batch,), device=dev)
-        model.train()
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-
-        step_s = measure(step, dev, repeats, warmup)
+        step_s = measure(training_step(model, opt, x, y), dev, repeats, warmup)
         maps = sal.gradient(model, x, y)
         g = torch.Generator(device=dev).manual_seed(seed)
         ops: Dict[str, Callable[[], object]] = {

@@ -29,9 +29,8 @@ import statistics
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
-from .benchmark import measure
+from .benchmark import measure, training_step
 from .mix import GuidedMixup
 from .mixers import CutMix, Mixup, SaliencyMix, SnapMix
 from .models import preact_resnet18, resnet18_cifar
@@ -94,14 +93,7 @@ def run(batch_sizes: Sequence[int] = PAPER_BATCHES, models: Sequence[str] = tupl
             g = torch.Generator(device="cpu").manual_seed(seed + batch)
             x = torch.randn(batch, 3, image_size, image_size, generator=g).to(dev)
             y = torch.randint(0, num_classes, (batch,), generator=g).to(dev)
-            model.train()
-
-            def step():
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(model(x), y).backward()
-                opt.step()
-
-            step_s = measure(step, dev, repeats, warmup)
+            step_s = measure(training_step(model, opt, x, y), dev, repeats, warmup)
             row = {"step_s": step_s}
             for name, calls in table.items():
                 seconds = statistics.fmean(measure(lambda c=c: c(x, y), dev, repeats, warmup) for c in calls)

@@ -39,7 +39,7 @@ labels back once. SciPy is an optional dependency (``pip install 'keepmix[optmix
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numbers
 import time
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import numpy as np
 import torch

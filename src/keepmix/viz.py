@@ -256,13 +256,7 @@ def plot_sweep(results: Sequence[Mapping[str, object]], path: PathLike, *, param
             if points:
                 ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
                             color=colour, capsize=3, markersize=4, label=f"{method} ({kind})", **style)
-    ax.set_xlabel(f"{parameter}{f' ({unit})' if unit else ''}")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    if title:
-        ax.set_title(title, fontsize=10)
-    return _save(figure, path, dpi)
+    return _finish_accuracy_plot(figure, ax, f"{parameter}{f' ({unit})' if unit else ''}", title, path, dpi)
 
 
 def plot_overhead(results: Sequence[Mapping[str, object]], overhead: Mapping[str, float], path: PathLike, *,
@@ -282,7 +276,12 @@ def plot_overhead(results: Sequence[Mapping[str, object]], overhead: Mapping[str
         mean, half = _mean_ci(values)
         ax.errorbar([overhead[arm]], [mean], yerr=[half], fmt="o", capsize=3, label=arm)
         ax.annotate(arm, (overhead[arm], mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    ax.set_xlabel("augmentation overhead (% of a training step)")
+    return _finish_accuracy_plot(figure, ax, "augmentation overhead (% of a training step)", title, path, dpi)
+
+
+def _finish_accuracy_plot(figure, ax, xlabel: str, title: Optional[str], path: PathLike, dpi: int) -> Path:
+    """Axis labels (accuracy in %), grid, legend and title of the experiment figures; then save."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
