@@ -73,9 +73,19 @@ class DataConfig:
     many images, ``fraction`` keeps that share of every class (GuidedMixup's data-scarcity
     study); ``val_fraction`` holds out a stratified share of the training set for evaluation
     instead of the ``eval_split``. Subsets and splits are drawn with ``subset_seed`` (fixed
-    across training seeds). ``image_size`` decodes file-backed sets at that size (required for
-    them: every set lives on the device). ``crop_padding``/``flip``: the random crop (zero
+    across training seeds). ``image_size`` decodes file-backed sets at that size on the in-memory
+    path, and is the crop size S when streaming. ``crop_padding``/``flip``: the random crop (zero
     padding) and horizontal flip applied per sample on the device.
+
+    Input path (:mod:`keepmix.engine.streaming`): ``loader`` — ``memory`` (the whole set on the
+    device), ``stream`` (``DataLoader`` workers decode and crop files; :mod:`keepmix.data.stream`) or
+    ``auto`` (in-memory sets stay in memory; a file-backed set streams when its decoded size exceeds
+    ``memory_limit_gb`` or it needs random-resized crops). ``crop`` — ``pad`` (``crop_padding`` +
+    ``flip``, on the device), ``resized`` (random-resized crop with area share ``crop_scale`` and
+    aspect ratio ``crop_ratio``, plus ``flip``, in the workers; evaluation resizes the shorter side
+    to ``eval_resize`` (default S/0.875) and keeps the central S×S) or ``auto`` (``pad`` in memory,
+    ``resized`` when streaming). ``workers``: worker processes per rank (null: the usable CPUs over
+    the local ranks, at most 8; batches do not depend on it).
     """
 
     name: str = "salient_shapes"
@@ -93,6 +103,13 @@ class DataConfig:
     flip: bool = True
     eval_batch_size: Optional[int] = None
     subset_seed: int = 0
+    loader: str = "auto"
+    crop: str = "auto"
+    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: List[float] = field(default_factory=lambda: [3.0 / 4.0, 4.0 / 3.0])
+    eval_resize: Optional[int] = None
+    workers: Optional[int] = None
+    memory_limit_gb: float = 4.0
 
 
 @dataclass
@@ -116,7 +133,9 @@ class OptimConfig:
     ``batch_size`` is the global batch (split evenly across distributed ranks). ``schedule``:
     ``cosine`` (per step, from ``lr`` to ``min_lr``), ``multistep`` (×``gamma`` at each epoch in
     ``milestones``) or ``constant``; ``warmup_epochs`` ramps linearly from ``lr/warmup_steps`` to
-    ``lr`` first (may be fractional).
+    ``lr`` first (may be fractional). ``base_batch_size``: when set, ``lr`` and ``min_lr`` are the
+    rates for a global batch of that size and the run uses them × ``batch_size / base_batch_size``
+    (the linear scaling rule of Goyal et al. 2017), so ``--batch-size`` changes keep the schedule.
     """
 
     epochs: int = 300
@@ -130,6 +149,12 @@ class OptimConfig:
     gamma: float = 0.1
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
+    base_batch_size: Optional[int] = None
+
+    @property
+    def lr_scale(self) -> float:
+        """The factor on ``lr`` and ``min_lr``: ``batch_size / base_batch_size`` (1 without ``base_batch_size``)."""
+        return self.batch_size / self.base_batch_size if self.base_batch_size else 1.0
 
 
 @dataclass
@@ -238,6 +263,20 @@ class TrainConfig:
         _require(self.dist_timeout > 0, "dist_timeout", "must be > 0 seconds", self.dist_timeout)
         data = self.data
         _require(data.crop_padding >= 0, "data.crop_padding", "must be >= 0", data.crop_padding)
+        _require(data.loader in LOADERS, "data.loader", f"must be one of {LOADERS}", data.loader)
+        _require(data.crop in CROPS, "data.crop", f"must be one of {CROPS}", data.crop)
+        _require(not (data.loader == "memory" and data.crop == "resized"), "data.crop",
+                 "'resized' needs data.loader 'stream' or 'auto' (the in-memory path holds one fixed size)", data.crop)
+        _require(len(data.crop_scale) == 2 and 0 < data.crop_scale[0] <= data.crop_scale[1] <= 1, "data.crop_scale",
+                 "must be [low, high] with 0 < low <= high <= 1", data.crop_scale)
+        _require(len(data.crop_ratio) == 2 and 0 < data.crop_ratio[0] <= data.crop_ratio[1], "data.crop_ratio",
+                 "must be [low, high] with 0 < low <= high", data.crop_ratio)
+        _require(data.eval_resize is None or data.image_size is None or data.eval_resize >= data.image_size,
+                 "data.eval_resize", "must be >= data.image_size or null", data.eval_resize)
+        _require(data.workers is None or data.workers >= 0, "data.workers", "must be >= 0 or null", data.workers)
+        _require(data.memory_limit_gb > 0, "data.memory_limit_gb", "must be > 0", data.memory_limit_gb)
+        _require(self.optim.base_batch_size is None or self.optim.base_batch_size >= 1, "optim.base_batch_size",
+                 "must be >= 1 or null", self.optim.base_batch_size)
         _require(data.fraction is None or 0 < data.fraction <= 1, "data.fraction", "must be in (0, 1]",
                  data.fraction)
         _require(data.val_fraction is None or 0 < data.val_fraction < 1, "data.val_fraction",
@@ -268,6 +307,8 @@ class TrainConfig:
 
 
 SCHEDULES = ("cosine", "multistep", "constant")
+LOADERS = ("auto", "memory", "stream")
+CROPS = ("auto", "pad", "resized")
 MEMORY_FALLBACKS = ("model", "early_head", "spectral", "uniform")
 AMP_MODES = ("none", "bf16", "fp16")
 

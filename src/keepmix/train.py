@@ -114,18 +114,22 @@ def learning_rate(step: int, steps_per_epoch: int, optim: OptimConfig) -> float:
     * cosine: ``min_lr + (lr − min_lr) · (1 + cos(π t)) / 2`` with ``t = (step − W) / (T − W)``;
     * multistep: ``lr · gamma^m``, m = number of milestones ≤ the epoch ``⌊step / steps_per_epoch⌋``;
     * constant: ``lr``.
+
+    With ``optim.base_batch_size`` set, ``lr`` and ``min_lr`` are first multiplied by
+    ``batch_size / base_batch_size`` (the linear scaling rule; :attr:`OptimConfig.lr_scale`).
     """
     total = optim.epochs * steps_per_epoch
     warmup = int(round(optim.warmup_epochs * steps_per_epoch))
+    lr, min_lr = optim.lr * optim.lr_scale, optim.min_lr * optim.lr_scale
     if step < warmup:
-        return optim.lr * (step + 1) / warmup
+        return lr * (step + 1) / warmup
     if optim.schedule == "cosine":
         t = (step - warmup) / max(1, total - warmup)
-        return optim.min_lr + (optim.lr - optim.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+        return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
     if optim.schedule == "multistep":
         epoch = step // steps_per_epoch
-        return optim.lr * optim.gamma ** sum(1 for m in optim.milestones if epoch >= m)
-    return optim.lr
+        return lr * optim.gamma ** sum(1 for m in optim.milestones if epoch >= m)
+    return lr
 
 
 def build_optimizer(params: Iterable[nn.Parameter], optim: OptimConfig) -> torch.optim.SGD:
@@ -571,9 +575,16 @@ def prepare_data(config: TrainConfig, device: torch.device, job: Distributed, *,
     image-level ops. ``optim.batch_size`` is split evenly across ranks; the last incomplete
     batch of an epoch is dropped (a batch of one would break BatchNorm and pairing). ``cache``
     (a dict shared by the arms of a comparison) keeps loaded splits so they are read once.
+    When ``data.loader`` resolves to ``stream`` the sets stay on disk and DataLoader workers decode
+    and crop them (:mod:`keepmix.engine.streaming`, :class:`keepmix.data.StreamLoader`).
     """
     data = _data_module()
     spec = config.data
+    from .engine.streaming import build_stream, resolve_loader
+    if resolve_loader(spec, cache) == "stream":  # DataLoader workers decode and crop (keepmix.data.stream)
+        fields = build_stream(config, device, job, raw=raw, subset=_subset, cache=cache)
+        fields["normalize"] = fields["normalize"] or _identity
+        return RunData(**fields)
     images, labels, eval_images, eval_labels, loaded = load_sets(spec, cache)
     num_classes = loaded.num_classes
     mean, std = tuple(loaded.mean), tuple(loaded.std)
@@ -1063,7 +1074,7 @@ class Trainer:
 
 #: config fields that do not change what is trained (may differ when resuming)
 RUNTIME_FIELDS = ("name", "description", "output_dir", "device", "progress", "tensorboard", "log_every", "eval_every",
-                  "compile", "dist_timeout", "data.root", "data.download", "data.eval_batch_size")
+                  "compile", "dist_timeout", "data.root", "data.download", "data.eval_batch_size", "data.workers")
 
 
 def check_resumable(payload: Dict[str, Any], config: TrainConfig, world_size: int,
