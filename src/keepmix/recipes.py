@@ -1000,6 +1000,9 @@ def load_pretrained(model: nn.Module, path: PathLike) -> List[str]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    adapt = getattr(model, "adapt_state_dict", None)
+    if callable(adapt):  # a wrapper (timm:NAME) given its inner network's weights
+        state = adapt(state)
     own = model.state_dict()
     skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     state = {k: v for k, v in state.items() if k not in skipped}

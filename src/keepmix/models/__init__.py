@@ -17,6 +17,7 @@ densenet121          DenseNet-121                                   224 px 7.98 
 shake_shake26_2x96d  Shake-Shake-26 2×96d                           32 px  26.19 M (10)
 pyramidnet_shakedrop PyramidNet + ShakeDrop (kwargs depth, alpha)   32 px  26.21 M (272, α 200, 10)
 resnet_small         ResNet 16/32/64, one block per stage           32 px  0.08 M (10)
+timm:NAME            any timm model via an adapter (needs timm)     —      —
 ==================== ============================================== ====== ========================
 """
 
@@ -53,10 +54,15 @@ MODELS: Dict[str, Callable[..., ClassifierModel]] = {
 def build_model(name: str, num_classes: int, **kwargs) -> ClassifierModel:
     """Build the model registered as ``name`` with ``num_classes`` outputs; ``kwargs`` go to its factory.
 
-    Raises TypeError if ``name`` is not a string and ValueError (listing the choices) if it is unknown.
+    ``timm:NAME`` builds timm's model NAME behind :class:`~keepmix.models.timm_adapter.TimmClassifier`
+    (needs timm). Raises TypeError if ``name`` is not a string and ValueError (listing the choices)
+    if it is unknown.
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a model name (str), got {type(name).__name__}")
+    if name.startswith("timm:"):
+        from .timm_adapter import build_timm_model
+        return build_timm_model(name[len("timm:"):], num_classes, **kwargs)
     if name not in MODELS:
         raise ValueError(f"unknown model name {name!r}; choose one of: {', '.join(sorted(MODELS))}")
     return MODELS[name](num_classes=num_classes, **kwargs)
