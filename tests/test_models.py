@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from keepmix.models import (
     MODELS, ClassifierModel, CifarResNet, DeepCifarResNet, DenseNet, ImageNetResNet, PreActResNet,
     PyramidNetShakeDrop, ShakeDrop, ShakeShakeResNet, SmallResNet, WideResNet, build_model, densenet121,
-    preact_resnet18, pyramidnet_shakedrop, resnet18, resnet18_cifar, resnet50, resnet110, resnet_cifar_depth,
+    preact_resnet18, pyramidnet_shakedrop, resnet18, resnet18_cifar, resnet50, resnet101, resnet110, resnet_cifar_depth,
     resnet_small, shake_shake26_2x96d, wide_resnet, wrn28_10,
 )
 from keepmix.models.densenet import DenseLayer
@@ -210,6 +210,7 @@ def test_single_channel_odd_size_inputs(factory):
     # torchvision ships the same topologies: exact published counts at 1000 classes.
     (resnet18, 1000, 11_689_512),
     (resnet50, 1000, 25_557_032),
+    (resnet101, 1000, 44_549_160),
     (densenet121, 1000, 7_978_856),
     # CIFAR ResNet-18 (3×3 stem): the widely reported 11,173,962 at 10 classes.
     (resnet18_cifar, 10, 11_173_962),
@@ -481,10 +482,12 @@ def test_wide_resnet_dropout_only_in_training():
 
 def test_registry_names_and_exports():
     assert set(MODELS) == {"resnet18_cifar", "preact_resnet18", "resnet110", "wrn28_10", "wide_resnet", "resnet18",
-                           "resnet50", "densenet121", "shake_shake26_2x96d", "pyramidnet_shakedrop", "resnet_small"}
+                           "resnet50", "resnet101", "densenet121", "shake_shake26_2x96d", "pyramidnet_shakedrop",
+                           "resnet_small"}
     expected_types = {"resnet18_cifar": CifarResNet, "preact_resnet18": PreActResNet, "resnet110": DeepCifarResNet,
                       "wrn28_10": WideResNet, "wide_resnet": WideResNet, "resnet18": ImageNetResNet,
-                      "resnet50": ImageNetResNet, "densenet121": DenseNet, "shake_shake26_2x96d": ShakeShakeResNet,
+                      "resnet50": ImageNetResNet, "resnet101": ImageNetResNet, "densenet121": DenseNet,
+                      "shake_shake26_2x96d": ShakeShakeResNet,
                       "pyramidnet_shakedrop": PyramidNetShakeDrop, "resnet_small": SmallResNet}
     for name, cls in expected_types.items():
         model = on_meta(build_model, name, 13)

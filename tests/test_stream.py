@@ -149,8 +149,10 @@ def test_memory_writes_land_in_the_right_source_pixels_under_random_resized_crop
             g = batch.geometry
             crop_top, crop_left = float(g.top[b]), float(g.left[b])
             crop_bottom, crop_right = crop_top + float(g.height[b]), crop_left + float(g.width[b])
-            if not (crop_top <= top + 3 and top + 9 <= crop_bottom and crop_left <= left + 3 and left + 9 <= crop_right):
-                continue                                       # the square's core is not in the crop
+            core_in_crop = crop_top <= top + 3 and top + 9 <= crop_bottom and crop_left <= left + 3 \
+                and left + 9 <= crop_right
+            if not core_in_crop:
+                continue
             stored = memory.read_source(torch.tensor([n]))[0]
             r = torch.arange(side, dtype=torch.float32).view(-1, 1) + 0.5
             c = torch.arange(side, dtype=torch.float32).view(1, -1) + 0.5

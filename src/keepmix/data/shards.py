@@ -217,7 +217,7 @@ def tar_shards(root: PathLike, split: Optional[str] = "train", *, image_size=Non
 
 
 def _scan(path: Path):
-    """``(key, (offset, size, member name), label)`` of every sample in a shard, from its headers and ``.cls`` members."""
+    """``(key, (offset, size, member name), label)`` of every sample in a shard (headers and ``.cls`` members)."""
     samples: Dict[str, Dict[str, object]] = {}
     order: List[str] = []
     with tarfile.open(path, "r:") as tar:

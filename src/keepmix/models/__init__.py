@@ -13,6 +13,7 @@ wrn28_10             Wide ResNet-28-10                              32 px  36.48
 wide_resnet          WRN-depth-width (kwargs depth, width, dropout) 32 px  —
 resnet18             ResNet-18, ImageNet stem                       224 px 11.69 M (1000)
 resnet50             ResNet-50, ImageNet stem                       224 px 25.56 M (1000)
+resnet101            ResNet-101, ImageNet stem                      224 px 44.55 M (1000)
 densenet121          DenseNet-121                                   224 px 7.98 M (1000)
 shake_shake26_2x96d  Shake-Shake-26 2×96d                           32 px  26.19 M (10)
 pyramidnet_shakedrop PyramidNet + ShakeDrop (kwargs depth, alpha)   32 px  26.21 M (272, α 200, 10)
@@ -31,7 +32,7 @@ from .preact_resnet import PreActResNet, preact_resnet18
 from .pyramidnet import PyramidNetShakeDrop, ShakeDrop, pyramidnet_shakedrop
 from .resnet_cifar import CifarResNet, resnet18_cifar
 from .resnet_deep_cifar import DeepCifarResNet, resnet110, resnet_cifar_depth
-from .resnet_imagenet import ImageNetResNet, resnet18, resnet50
+from .resnet_imagenet import ImageNetResNet, resnet18, resnet50, resnet101
 from .shake_shake import ShakeShakeResNet, shake_shake26_2x96d
 from .small import SmallResNet, resnet_small
 from .wide_resnet import WideResNet, wide_resnet, wrn28_10
@@ -44,6 +45,7 @@ MODELS: Dict[str, Callable[..., ClassifierModel]] = {
     "wide_resnet": wide_resnet,
     "resnet18": resnet18,
     "resnet50": resnet50,
+    "resnet101": resnet101,
     "densenet121": densenet121,
     "shake_shake26_2x96d": shake_shake26_2x96d,
     "pyramidnet_shakedrop": pyramidnet_shakedrop,
@@ -74,7 +76,7 @@ __all__ = [
     "PreActResNet", "preact_resnet18",
     "DeepCifarResNet", "resnet_cifar_depth", "resnet110",
     "WideResNet", "wide_resnet", "wrn28_10",
-    "ImageNetResNet", "resnet18", "resnet50",
+    "ImageNetResNet", "resnet18", "resnet50", "resnet101",
     "DenseNet", "densenet121",
     "ShakeShakeResNet", "shake_shake26_2x96d",
     "PyramidNetShakeDrop", "ShakeDrop", "pyramidnet_shakedrop",

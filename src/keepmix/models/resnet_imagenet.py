@@ -1,11 +1,11 @@
-"""ResNet-18 and ResNet-50 for 224×224 inputs (He et al. 2016a, Table 1).
+"""ResNet-18, ResNet-50 and ResNet-101 for 224×224 inputs (He et al. 2016a, Table 1).
 
 Stem: 7×7 stride-2 conv with 64 channels, BN, ReLU, 3×3 stride-2 max-pool (total stride 4).
 Four stages (strides 1, 2, 2, 2) of BasicBlocks (ResNet-18: 2-2-2-2, widths 64…512) or
-Bottlenecks (ResNet-50: 3-4-6-3, widths 64…512, expansion 4), global average pooling and a
+Bottlenecks (ResNet-50: 3-4-6-3, ResNet-101: 3-4-23-3, widths 64…512, expansion 4), global average pooling and a
 linear classifier. The topology is the one torchvision ships (downsampling stride on the
 bottleneck's 3×3 conv, "ResNet v1.5"; 1×1 conv + BN projections where the shape changes):
-11,689,512 parameters for ResNet-18 and 25,557,032 for ResNet-50 at 1000 classes.
+11,689,512 parameters for ResNet-18, 25,557,032 for ResNet-50 and 44,549,160 for ResNet-101 at 1000 classes.
 
 Inputs of any size ≥ 32 px work (global pooling); a 224 px image gives a 7×7 last map,
 64 px a 2×2 one.
@@ -97,3 +97,8 @@ def resnet18(num_classes: int = 1000, in_channels: int = 3) -> ImageNetResNet:
 def resnet50(num_classes: int = 1000, in_channels: int = 3) -> ImageNetResNet:
     """ResNet-50 for 224 px images (25.56 M parameters at 1000 classes)."""
     return ImageNetResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels)
+
+
+def resnet101(num_classes: int = 1000, in_channels: int = 3) -> ImageNetResNet:
+    """ResNet-101 for 224 px images (44.55 M parameters at 1000 classes)."""
+    return ImageNetResNet(Bottleneck, (3, 4, 23, 3), num_classes, in_channels)
