@@ -311,7 +311,8 @@ def test_load_pretrained_skips_a_differently_sized_classifier(tmp_path):
 
 #: classes of each data set the recipes use (to build models and ops without the data)
 NUM_CLASSES = {"salient_shapes": 10, "cifar10": 10, "cifar100": 100, "tiny_imagenet": 200, "cub200": 200,
-               "cars": 196, "aircraft": 100, "caltech101": 101, "flowers102": 102}
+               "cars": 196, "aircraft": 100, "caltech101": 101, "flowers102": 102, "imagenet": 1000,
+               "imagefolder": 10, "shards": 1000}
 
 
 @pytest.mark.slow
