@@ -244,7 +244,23 @@ def cmd_eval(args) -> int:
         overrides.append(f"data.root={_yaml_str(args.data_root)}")
     config = apply_overrides(config, overrides)
     device = resolve_device(args.device, Distributed())
-    if args.split is None:  # the run's own evaluation set (its split, held-out part and size)
+    from .engine.streaming import eval_stream, resolve_loader
+    batch_size = args.batch_size or config.data.eval_batch_size or config.optim.batch_size
+    streamed = resolve_loader(config.data) == "stream"  # a streamed run: workers resize and centre-crop, as it did
+    if streamed:
+        from .train import _subset
+        batches, count, split_size, loaded = eval_stream(config, args.split, device, batch_size, _subset)
+        if args.split is None and config.data.val_fraction is not None:
+            split, which = config.data.train_split, f"held out ({config.data.val_fraction:g}) of the " \
+                f"{config.data.train_split} split, the run's evaluation set"
+        elif args.split is None:
+            split = config.data.eval_split
+            which = "the run's evaluation set" + (f", {count} of its {split_size}" if count < split_size
+                                                  else f", all {split_size}")
+        else:
+            split, which = args.split, f"the whole split, all {split_size}"
+        subset = "run" if args.split is None else "all"
+    elif args.split is None:  # the run's own evaluation set (its split, held-out part and size)
         cache: dict = {}
         _, _, images, labels, loaded = load_sets(config.data, cache, eval_only=True)
         split_size = max(int(entry[0].shape[0]) for entry in cache.values())
@@ -270,8 +286,9 @@ def cmd_eval(args) -> int:
     model.load_state_dict(payload["model"])
     model.to(device)
     mean, std = tuple(payload["mean"]), tuple(payload["std"])
-    batches = _eval_batches(images.to(device), labels.to(device), args.batch_size or config.data.eval_batch_size
-                            or config.optim.batch_size, lambda x: normalize(x, mean, std), Distributed())
+    if not streamed:
+        batches = _eval_batches(images.to(device), labels.to(device), batch_size, lambda x: normalize(x, mean, std),
+                                Distributed())
     metrics = evaluate(model, batches(), device=device, amp=config.amp if device.type == "cuda" else "none")
     metrics.update({"checkpoint": str(args.checkpoint), "data": config.data.name, "split": split,
                     "subset": subset, "split_size": split_size, "epoch": payload["epoch"]})
