@@ -10,12 +10,19 @@ and prints ``op time / step time``. Ratios, not seconds, are what carry over
 between machines. Times are medians of repeated runs after warm-up, with a
 device synchronisation around each run on accelerators.
 
+On CUDA the step runs as one trains there: the model in channels-last memory format, its forward
+and loss under bf16 autocast (``--amp bf16``, ``--channels-last``; both the default on CUDA,
+``--amp none --no-channels-last`` for fp32). The ops themselves run outside autocast on float32
+batches, as in ``keepmix train``; their saliency passes use the channels-last model. Without a
+GPU, ``--device cuda`` prints "not measured".
+
 Run: ``python benchmarks/overhead.py`` or ``keepmix bench`` (``--help`` for options).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from typing import Callable, Dict, List, Optional, Sequence
@@ -60,15 +67,27 @@ def measure(fn: Callable[[], object], device: torch.device, repeats: int, warmup
     return statistics.median(times)
 
 
+def _autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                  y: torch.Tensor) -> Callable[[], None]:
+                  y: torch.Tensor, amp: str = "none", channels_last: bool = False) -> Callable[[], None]:
     """The reference every ratio divides by: one training step (forward, cross-entropy, backward, SGD)
-    of ``model`` in train mode on the batch (x, y)."""
+    of ``model`` in train mode on the batch (x, y); with ``amp`` (``bf16``/``fp16``) the forward and
+    loss run under autocast, with ``channels_last`` the batch is in channels-last memory format (the
+    model should be too)."""
     model.train()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        with _autocast(x.device, amp):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
         optimizer.step()
 
     return step
@@ -113,18 +132,25 @@ def _host_greedy_reference(maps: torch.Tensor) -> List[int]:
 
 def run(batch_sizes: Sequence[int] = (16, 32, 64), device: Optional[str] = None, repeats: int = 10,
         warmup: int = 3, image_size: int = 32, num_classes: int = 10, compare_loops: bool = True,
-        seed: int = 0) -> Dict[int, Dict[str, float]]:
-    """Measure every op's ratio for each batch size; returns {batch: {name: ratio}} (the step is "step_s")."""
+        seed: int = 0, amp: Optional[str] = None, channels_last: Optional[bool] = None) -> Dict[int, Dict[str, float]]:
+    """Measure every op's ratio for each batch size; returns {batch: {name: ratio}} (the step is "step_s").
+
+    ``amp`` (``none``, ``bf16``, ``fp16``) and ``channels_last`` shape the training step (and the
+    model the ops' saliency passes use); None means bf16 and channels-last on CUDA, neither elsewhere.
+    """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp, channels_last = step_format(dev, amp, channels_last)
     torch.manual_seed(seed)
     model = resnet18_cifar(num_classes).to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     head = sal.EarlyHead(model, num_classes).to(dev)
     results: Dict[int, Dict[str, float]] = {}
     for batch in batch_sizes:
         x = torch.randn(batch, 3, image_size, image_size, device=dev)
         y = torch.randint(0, num_classes, (batch,), device=dev)
-        step_s = measure(training_step(model, opt, x, y), dev, repeats, warmup)
+        step_s = measure(training_step(model, opt, x, y, amp, channels_last), dev, repeats, warmup)
         maps = sal.gradient(model, x, y)
         g = torch.Generator(device=dev).manual_seed(seed)
         ops: Dict[str, Callable[[], object]] = {
@@ -154,14 +180,23 @@ def run(batch_sizes: Sequence[int] = (16, 32, 64), device: Optional[str] = None,
         row = {"step_s": step_s}
         for name, fn in ops.items():
             row[name] = measure(fn, dev, repeats, warmup) / step_s
-        row.update(_memory_rows(model, opt, x, y, num_classes, g, repeats, warmup, step_s))
+        row.update(_memory_rows(model, opt, x, y, num_classes, g, repeats, warmup, step_s, amp, channels_last))
         results[batch] = row
     head.remove()
     return results
 
 
+def step_format(device: torch.device, amp: Optional[str], channels_last: Optional[bool]):
+    """``(amp, channels_last)`` of the reference step: the given values, else bf16 + channels-last on CUDA."""
+    cuda = device.type == "cuda"
+    amp = amp if amp is not None else ("bf16" if cuda else "none")
+    if amp not in ("none", "bf16", "fp16"):
+        raise ValueError(f"amp must be none, bf16 or fp16, got {amp!r}")
+    return amp, bool(cuda if channels_last is None else channels_last)
+
+
 def _memory_rows(model, opt, x, y, num_classes: int, generator, repeats: int, warmup: int,
-                 step_s: float) -> Dict[str, float]:
+                 step_s: float, amp: str = "none", channels_last: bool = False) -> Dict[str, float]:
     """KeepCutout and Guided-AP reading a saliency memory (keepmix.memory), as a share of a step.
 
     The op's cost is its read (the op on the memory's maps, every sample written) plus the write:
@@ -188,16 +223,22 @@ def _memory_rows(model, opt, x, y, num_classes: int, generator, repeats: int, wa
                 return op(x, y)[0]
 
         out = read()
+        if channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)
 
         def plain_step():
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(out), y).backward()
+            with _autocast(dev, amp):
+                loss = F.cross_entropy(model(out), y)
+            loss.backward()
             opt.step()
 
         def step_and_write():
             opt.zero_grad(set_to_none=True)
             leaf = out.detach().requires_grad_(True)
-            F.cross_entropy(model(leaf), y).backward()
+            with _autocast(dev, amp):
+                loss = F.cross_entropy(model(leaf), y)
+            loss.backward()
             opt.step()
             memory.record_gradient(geometry, leaf.grad, ownership(op, x, out))
 
@@ -274,6 +315,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None,
+                        help="autocast of the training step (default: bf16 on CUDA, none elsewhere)")
+    parser.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
+                        help="model and batch in channels-last format (default on CUDA)")
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     parser.add_argument("--no-loops", action="store_true", help="skip the per-image loop references")
     parser.add_argument("--wall-times", action="store_true",
                         help="also time GuidedMixup-SR on 100 images against the naive path, KeepCutout against Cutout")
@@ -284,8 +330,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if device.startswith("cuda") and not torch.cuda.is_available():
         print(f"device {device}: not measured (no CUDA device here)")
         return 0
-    results = run(args.batch_sizes, device, args.repeats, args.warmup, compare_loops=not args.no_loops)
+    amp, channels_last = step_format(torch.device(device), args.amp, args.channels_last)
+    results = run(args.batch_sizes, device, args.repeats, args.warmup, compare_loops=not args.no_loops, amp=amp,
+                  channels_last=channels_last)
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+    name += f", step with AMP {amp}{', channels-last' if channels_last else ''}"
     print(format_table(results, name))
     if args.wall_times:
         print(format_wall_times(wall_times(torch.device(device), args.repeats, args.warmup)))
