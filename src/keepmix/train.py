@@ -2,7 +2,8 @@
 
 .. code-block:: text
 
-    images, labels  ← the device-resident loader (crop, flip on the device)
+    images, labels  ← the device-resident loader (crop, flip on the device), or the stream for sets on
+                      disk (DataLoader workers decode and crop; keepmix.data.stream, data.loader)
     images, targets ← raw-space ops (image-level policies), normalise, then the other ops in order;
                       ops that need saliency compute it inside, on the unwrapped model
     logits          ← model(images)            (AMP autocast, channels_last, torch.compile if chosen)

@@ -8,7 +8,9 @@
 
 It returns a :class:`LoadedDataset`: in-memory sets (SalientShapes, CIFAR) fill ``images``
 (uint8 N×3×H×W, ready for :class:`DeviceLoader`); file-backed sets fill ``dataset`` (a
-``torch.utils.data.Dataset`` of ``(uint8 3×H×W, int)``, for :func:`make_dataloader`). Both
+``torch.utils.data.Dataset`` of ``(uint8 3×H×W, int)``, for :func:`make_dataloader`, or for the
+streaming path — :class:`StreamDataset` + :class:`StreamLoader`, :mod:`keepmix.data.stream` — whose
+workers open each file at its native size and crop it). Both
 carry ``labels`` (int64 N), ``num_classes``, ``class_names`` and the normalisation
 ``mean``/``std`` (0–1 scale):
 
