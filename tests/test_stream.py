@@ -226,6 +226,18 @@ def test_same_batches_for_any_number_of_workers_and_after_a_mid_epoch_resume(tmp
     assert not torch.equal(straight[0][2], straight[5][2])     # a new order each epoch
 
 
+def test_a_loaded_seed_reaches_workers_that_are_already_running(tmp_path):
+    root = write_folder(tmp_path, [(20, 26)] * 8)
+    files = image_folder(root, "train")
+    reference = StreamLoader(StreamDataset(files, SampleTransform("resized", 8)), 2, seed=1, num_workers=0)
+    state = reference.state_dict()
+    expected = batches_of(reference)
+    other = StreamLoader(StreamDataset(files, SampleTransform("resized", 8)), 2, seed=2, num_workers=1)
+    batches_of(other, 1)                                        # its persistent worker now holds seed 2
+    other.load_state_dict(state)
+    assert_same(expected, batches_of(other))
+
+
 def test_a_pad_and_crop_stream_gives_the_in_memory_batches():
     images = torch.randint(0, 256, (26, 3, 16, 16), dtype=torch.uint8)
     labels = torch.randint(0, 4, (26,))

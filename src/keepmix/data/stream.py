@@ -232,10 +232,13 @@ class StreamLoader:
         self._scale, self._shift = _affine(self.mean, self.std, channels, self.device)
         if pin_memory is None:
             pin_memory = self.device.type == "cuda"
-        self.loader = _data_loader(dataset, self.batch_size, self.sampler, self.num_workers, bool(pin_memory),
-                                   prefetch_factor, persistent_workers)
+        self._loader_args = (bool(pin_memory), prefetch_factor, persistent_workers)
+        self.loader = self._make_loader()
         self.epoch = 0
         self.batch_index = 0
+
+    def _make_loader(self) -> DataLoader:
+        return _data_loader(self.dataset, self.batch_size, self.sampler, self.num_workers, *self._loader_args)
 
     @property
     def num_samples(self) -> int:
@@ -290,9 +293,11 @@ class StreamLoader:
         epoch, batch_index = int(state["epoch"]), int(state["batch_index"])
         if epoch < 0 or not 0 <= batch_index <= len(self):
             raise ValueError(f"state has an invalid position: epoch {epoch}, batch {batch_index} of {len(self)}")
-        self.seed = int(state["seed"])
-        self.dataset.transform.seed = self.seed
-        self.sampler.seed = self.seed
+        if int(state["seed"]) != self.seed:  # workers hold a copy of the transform: start new ones with the seed
+            self.seed = int(state["seed"])
+            self.dataset.transform.seed = self.seed
+            self.sampler.seed = self.seed
+            self.loader = self._make_loader()
         self.epoch, self.batch_index = epoch, batch_index
 
     def set_epoch(self, epoch: int) -> None:
@@ -307,12 +312,13 @@ class EvalStream:
 
     Rank r evaluates the contiguous share ``[N·r/world, N·(r+1)/world)`` in order (the last batch
     may be smaller), so sums reduced over ranks cover every sample once. Calling the object returns
-    a fresh iterator of ``(images, labels)`` on ``device``.
+    a fresh iterator of ``(images, labels)`` on ``device``. Its workers live for one pass unless
+    ``persistent_workers`` (they would sit idle, holding memory, between evaluations).
     """
 
     def __init__(self, dataset: StreamDataset, batch_size: int, *, device="cpu", num_workers: int = 2, rank: int = 0,
                  world_size: int = 1, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                 pin_memory: Optional[bool] = None, persistent_workers: bool = True):
+                 pin_memory: Optional[bool] = None, persistent_workers: bool = False):
         if not isinstance(dataset, StreamDataset):
             raise TypeError(f"dataset must be a StreamDataset, got {type(dataset).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:

@@ -193,6 +193,5 @@ def eval_stream(config, split: Optional[str], device: torch.device, batch_size: 
     workers = spec.workers if spec.workers is not None else default_workers(job)
     eval_set = StreamDataset(evaluation.dataset, transform, eval_idx, labels=evaluation.labels)
     batches = EvalStream(eval_set, batch_size, device=device, num_workers=workers, rank=job.rank,
-                         world_size=job.world_size, mean=tuple(loaded.mean), std=tuple(loaded.std),
-                         persistent_workers=False)
+                         world_size=job.world_size, mean=tuple(loaded.mean), std=tuple(loaded.std))
     return batches, len(eval_set), len(evaluation), loaded
