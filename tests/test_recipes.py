@@ -387,7 +387,7 @@ def test_paper_recipes_carry_the_papers_settings():
 def test_guidedmixup_table4_recipe_has_vanilla_and_augmix_with_its_jsd_loss():
     """Table 4 follows PuzzleMix's WRN-28-10 protocol, has a Vanilla arm, and AugMix trains with its
     Jensen–Shannon consistency loss (the "(Aug)" arms feed AugMix images to GuidedMixup)."""
-    config = load_recipe("guidedmixup/t4_augmix_cifar100_preact_resnet18")
+    config = load_recipe("guidedmixup/t4_augmix_cifar100_wrn28_10")
     arms = dict(expand_arms(config))
     assert list(arms) == ["vanilla", "augmix", "guided_sr", "guided_sr_aug", "guided_ap", "guided_ap_aug"]
     assert arms["vanilla"].ops == []

@@ -115,7 +115,7 @@ def _add_bench(sub) -> None:
 def _add_experiment(sub) -> None:
     p = sub.add_parser("experiment", help="rerun a paper's table: arms × paired seeds, intervals and verdicts",
                        description="Train every arm of a table (recipes/_experiments.yaml) for each seed, then write "
-                                   "results.csv and summary.md (means, 95%% intervals, paired differences, the "
+                                   "results.csv and summary.md (means, 95% intervals, paired differences, the "
                                    "paper's number, a verdict). Finished runs are skipped: rerun to resume.")
     p.add_argument("name", help="the experiment (keepmix list experiments)")
     p.add_argument("--seeds", type=int, default=5, help="paired seeds 0…N−1 (default 5)")
@@ -290,6 +290,7 @@ def cmd_eval(args) -> int:
         batches = _eval_batches(images.to(device), labels.to(device), batch_size, lambda x: normalize(x, mean, std),
                                 Distributed())
     metrics = evaluate(model, batches(), device=device, amp=config.amp if device.type == "cuda" else "none")
+    metrics["count"] = int(metrics["count"])  # a number of images
     metrics.update({"checkpoint": str(args.checkpoint), "data": config.data.name, "split": split,
                     "subset": subset, "split_size": split_size, "epoch": payload["epoch"]})
     if args.json:
@@ -330,13 +331,17 @@ def cmd_show(args) -> int:
         config = apply_overrides(config_from_dict(payload["config"]), overrides)
     else:
         config = load_recipe(args.recipe, overrides)
+    labels_by_spec = {}  # the arm an op comes from names its column ("keep_cutout_random", not "keep_cutout_2")
     if args.ops:
         specs = [_parse_op(text) for text in args.ops]
     else:
         specs = []
-        for candidate in list(config.ops) + [op for arm in config.arms for op in arm.ops]:
-            if candidate not in specs:
-                specs.append(candidate)
+        for arm_name, candidates in [(None, list(config.ops))] + [(arm.name, arm.ops) for arm in config.arms]:
+            for candidate in candidates:
+                if candidate not in specs:
+                    specs.append(candidate)
+                    if arm_name and len(candidates) == 1:
+                        labels_by_spec[len(specs) - 1] = arm_name
     if not specs:
         raise SystemExit("error: no ops to show: the recipe has none; pass --op NAME")
     if args.rows < 1:
@@ -361,7 +366,7 @@ def cmd_show(args) -> int:
     maps = gradient(model, inputs, labels)
     state = "trained" if payload is not None else "untrained"
     columns = [("original", raw), (f"saliency ({state} model)", maps)]
-    names = op_display_names(specs)
+    names = [labels_by_spec.get(i, name) for i, name in enumerate(op_display_names(specs))]
     for index, (spec, name) in enumerate(zip(specs, names)):
         ctx = BuildContext(model=model, num_classes=loaded.num_classes, early_head=lambda: head, seed=args.seed,
                            device=device, mean=mean, std=std)
@@ -474,7 +479,7 @@ def list_items(what: str) -> List[tuple]:
         return items
     if what == "experiments":
         from .experiment import load_tables
-        return [(name, " ".join(table.description.split())[:110]) for name, table in load_tables().items()]
+        return [(name, " ".join(table.description.split())) for name, table in load_tables().items()]
     if what == "models":
         from .models import MODELS
         return [(name, _first_line(MODELS[name].__doc__)) for name in sorted(MODELS)]

@@ -245,6 +245,10 @@ class TrainConfig:
         _require(self.optim.schedule in SCHEDULES, "optim.schedule", f"must be one of {SCHEDULES}",
                  self.optim.schedule)
         _require(self.optim.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0", self.optim.warmup_epochs)
+        if 0 < self.optim.epochs <= self.optim.warmup_epochs:
+            warnings.warn(f"optim.warmup_epochs ({self.optim.warmup_epochs:g}) >= optim.epochs ({self.optim.epochs}): "
+                          f"the learning rate never reaches optim.lr ({self.optim.lr:g}); lower the warm-up "
+                          f"(--set optim.warmup_epochs=0) for a short run", UserWarning, stacklevel=2)
         _require(self.optim.min_lr >= 0, "optim.min_lr", "must be >= 0", self.optim.min_lr)
         _require(0 < self.optim.gamma <= 1, "optim.gamma", "must be in (0, 1]", self.optim.gamma)
         _require(list(self.optim.milestones) == sorted(self.optim.milestones)
@@ -732,7 +736,10 @@ def resolve_op(name: str) -> Tuple[type, Dict[str, Any]]:
             return cls, {}
     missing = [m for m in OP_MODULES if importlib.util.find_spec(m) is None]
     note = f" (modules not available: {', '.join(missing)})" if missing else ""
-    raise ValueError(f"unknown op {name!r}; available ops: {', '.join(op_names())}{note}")
+    hint = difflib.get_close_matches(key, [_normal(n) for n in op_names()], n=1)
+    close = [n for n in op_names() if hint and _normal(n) == hint[0]]
+    suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"unknown op {name!r}{suggestion}; available ops: {', '.join(op_names())}{note}")
 
 
 # --------------------------------------------------------------------------- building ops
