@@ -70,7 +70,8 @@ def test_imagefolder_recipe_trains_streaming_from_jpegs_and_evaluates(tmp_path, 
     out = tmp_path / "runs"
     code = main(["train", "imagefolder", "--data-root", str(root), "--epochs", "1", "--batch-size", "6",
                  "--max-steps", "2", "--output-dir", str(out), "--set", "data.image_size=32",
-                 "--set", "data.eval_resize=36", "--set", "data.workers=2", "--quiet"])
+                 "--set", "data.eval_resize=36", "--set", "data.workers=2", "--set", "optim.warmup_epochs=0",
+                 "--quiet"])
     assert code == 0
     run_dir = out / "imagefolder" / "keep_cutmix"
     history = rows(run_dir / "metrics.csv")

@@ -153,8 +153,9 @@ def run(folder: Path, *, images: int = 2000, size: int = 256, crop: int = 224, b
 
 def format_table(results: Dict[str, Dict[str, float]], device: str, model: Optional[str]) -> str:
     setup = results["setup"]
-    lines = [f"device: {device}; {int(setup['images'])} JPEGs of {int(setup['size'])} px, crops of {int(setup['crop'])} px, "
-             f"batch {int(setup['batch_size'])}" + (f"; training step: {model}" if model else ""),
+    lines = [f"device: {device}; {int(setup['images'])} JPEGs of {int(setup['size'])} px, "
+             f"crops of {int(setup['crop'])} px, batch {int(setup['batch_size'])}"
+             + (f"; training step: {model}" if model else ""),
              "| path | images/s (loader only) | step (s) | input wait (s/step) | input share of the step |",
              "|---|---|---|---|---|"]
     names = {"stream": f"stream ({int(setup['workers'])} workers, random-resized crops)",
