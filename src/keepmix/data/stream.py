@@ -41,7 +41,7 @@ epoch each of the ``⌊N/G⌋·G`` samples kept is read by exactly one rank, onc
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler

@@ -18,7 +18,7 @@ use, split over the local ranks, at most 8) — a runtime field: batches do not 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 import torch
 

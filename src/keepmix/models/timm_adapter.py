@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 from torch import nn
