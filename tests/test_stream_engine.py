@@ -86,6 +86,17 @@ def test_imagefolder_recipe_trains_streaming_from_jpegs_and_evaluates(tmp_path, 
     assert metrics["count"] == 6 and metrics["loss"] == pytest.approx(float(history[0]["val_loss"]), rel=1e-6)
 
 
+def test_a_folder_without_val_is_told_about_val_fraction(tmp_path, capsys):
+    from keepmix.cli import main
+    root = jpeg_folder(tmp_path / "photos", train_per_class=2, val_per_class=0)
+    (root / "val").rename(tmp_path / "elsewhere")
+    assert main(["train", "imagefolder", "--data-root", str(root), "--print-config"]) == 0
+    capsys.readouterr()
+    assert main(["train", "imagefolder", "--data-root", str(root), "--output-dir", str(tmp_path / "runs")]) == 2
+    assert "--set data.val_fraction=0.1" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_file_backed_sets_choose_their_loader_by_size(tmp_path):
     from keepmix.engine.streaming import resolve_loader
     root = jpeg_folder(tmp_path / "photos", train_per_class=2, val_per_class=1)

@@ -32,9 +32,15 @@ IN_MEMORY_SETS = ("salient_shapes", "cifar10", "cifar100")
 
 def _listing(spec, split: str):
     """One split of the recipe's set as :func:`keepmix.data.load_dataset` lists it (files not decoded)."""
-    from ..data import load_dataset
+    from ..data import canonical_name, load_dataset
     options = dict(spec.kwargs)
-    return load_dataset(spec.name, spec.root, split, download=spec.download, **options)
+    try:
+        return load_dataset(spec.name, spec.root, split, download=spec.download, **options)
+    except FileNotFoundError as error:
+        if canonical_name(spec.name) == "imagefolder" and split == spec.eval_split and spec.val_fraction is None:
+            raise FileNotFoundError(f"{error}. Without a {split!r} folder, hold out part of the training images for "
+                                    "evaluation: --set data.val_fraction=0.1") from None
+        raise
 
 
 def resolve_loader(spec, cache: Optional[Dict[str, Any]] = None) -> str:
