@@ -483,10 +483,7 @@ class DeviceLoader:
         return LoaderBatch(images, self.labels.index_select(0, indices), geometry)
 
     def __iter__(self) -> Iterator[LoaderBatch]:
-        batches = len(self)
-        if self.batch_index >= batches:  # a finished epoch whose end was not yet counted
-            self.epoch += 1
-            self.batch_index = 0
+        batches = roll_over_finished_epoch(self)
         if batches == 0:
             return
         epoch = self.epoch
@@ -565,6 +562,17 @@ def collate_with_geometry(items: Sequence[Tuple[Any, Any, int, Any]]) -> LoaderB
                              torch.tensor(columns[5], dtype=torch.int64), torch.tensor(columns[6], dtype=torch.int64),
                              (height, width), index)
     return LoaderBatch(images, labels, geometry)
+
+
+def roll_over_finished_epoch(loader) -> int:
+    """Start a loader's next epoch when the current one ran to its end but was not yet counted
+    (``batch_index == len``); returns the number of batches per epoch. Shared by the resumable loaders
+    (``epoch`` and ``batch_index`` attributes, ``len()``)."""
+    batches = len(loader)
+    if loader.batch_index >= batches:
+        loader.epoch += 1
+        loader.batch_index = 0
+    return batches
 
 
 def make_dataloader(dataset: Dataset, batch_size: int = 128, shuffle: bool = True, drop_last: bool = False,

@@ -46,7 +46,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .loader import (LoaderBatch, _affine, _check_stats, collate_with_geometry, derive_seed, random_crop_flip)
+from .loader import (LoaderBatch, _affine, _check_stats, collate_with_geometry, derive_seed, random_crop_flip,
+                     roll_over_finished_epoch)
 from .transforms import SampleTransform, tensor_to_pil
 
 __all__ = ["StreamDataset", "StreamSampler", "StreamLoader", "EvalStream", "open_image", "choose_loader",
@@ -259,10 +260,7 @@ class StreamLoader:
         return LoaderBatch(images, batch.labels, geometry)
 
     def __iter__(self) -> Iterator[LoaderBatch]:
-        batches = len(self)
-        if self.batch_index >= batches:  # a finished epoch whose end was not yet counted
-            self.epoch += 1
-            self.batch_index = 0
+        batches = roll_over_finished_epoch(self)
         if batches == 0:
             return
         epoch = self.epoch
