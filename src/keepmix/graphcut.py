@@ -282,22 +282,31 @@ def alpha_beta_swap(unary, edges, pairwise, init=None, max_sweeps: int = 2) -> M
     unary, edges, pairwise = _check_grid_problem(unary, edges, pairwise)
     n_labels = unary.shape[2]
     labels = unary.argmin(axis=2) if init is None else np.array(init, dtype=np.int64)
+    # every pair (α, β): nodes labelled α or β may swap between them
+    moves = [lambda current, a=alpha, b=beta: ((current == a) | (current == b), a, b)
+             for alpha in range(n_labels) for beta in range(alpha + 1, n_labels)]
+    return _sweeps(unary, edges, pairwise, labels, moves, max_sweeps, single_sweep=n_labels == 2)
+
+
+def _sweeps(unary, edges, pairwise, labels, moves, max_sweeps: int, single_sweep: bool = False) -> MoveResult:
+    """The move-making loop shared by the swap and the expansion: each move maps the current labels to
+    ``(active, keep, alpha)``; one batched binary cut per move, kept per problem only where it lowers the
+    energy; stop after a sweep without change (or after one sweep when ``single_sweep``)."""
     energy = grid_energy(labels, unary, edges, pairwise)
     trace = [energy.copy()]
     cuts = 0
     for _ in range(max(int(max_sweeps), 1)):
         changed = False
-        for alpha in range(n_labels):
-            for beta in range(alpha + 1, n_labels):
-                active = (labels == alpha) | (labels == beta)
-                if not active.any():
-                    continue
-                proposal = _binary_move(unary, edges, pairwise, labels, active, alpha, beta)
-                cuts += 1
-                labels, energy, moved = _accept(labels, energy, proposal, unary, edges, pairwise)
-                changed = changed or moved
-                trace.append(energy.copy())
-        if not changed or n_labels == 2:
+        for move in moves:
+            active, keep, alpha = move(labels)  # from the labels as the previous move left them
+            if not active.any():
+                continue
+            proposal = _binary_move(unary, edges, pairwise, labels, active, keep, alpha)
+            cuts += 1
+            labels, energy, moved = _accept(labels, energy, proposal, unary, edges, pairwise)
+            changed = changed or moved
+            trace.append(energy.copy())
+        if not changed or single_sweep:
             break
     return MoveResult(labels, energy, trace, cuts)
 
@@ -316,23 +325,10 @@ def alpha_expansion(unary, edges, pairwise, init=None, max_sweeps: int = 2,
     k, n, n_labels = unary.shape
     labels = unary.argmin(axis=2) if init is None else np.array(init, dtype=np.int64)
     cand = np.ones((k, n_labels), dtype=bool) if candidates is None else np.asarray(candidates, dtype=bool)
-    energy = grid_energy(labels, unary, edges, pairwise)
-    trace = [energy.copy()]
-    cuts = 0
-    for _ in range(max(int(max_sweeps), 1)):
-        changed = False
-        for alpha in range(n_labels):
-            active = cand[:, alpha][:, None] & (labels != alpha)
-            if not active.any():
-                continue
-            proposal = _binary_move(unary, edges, pairwise, labels, active, labels, alpha)
-            cuts += 1
-            labels, energy, moved = _accept(labels, energy, proposal, unary, edges, pairwise)
-            changed = changed or moved
-            trace.append(energy.copy())
-        if not changed:
-            break
-    return MoveResult(labels, energy, trace, cuts)
+    # every label α: any node may switch to α (where the problem tries α)
+    moves = [lambda current, a=alpha: (cand[:, a][:, None] & (current != a), current, a)
+             for alpha in range(n_labels)]
+    return _sweeps(unary, edges, pairwise, labels, moves, max_sweeps)
 
 
 # --------------------------------------------------------------------------- block grids
