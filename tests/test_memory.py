@@ -308,6 +308,7 @@ def _ddp_worker(rank, world, init_file, result_file):
         memory.write(identity_geometry(index, (4, 4)), maps)
         torch.save({"maps": memory.maps, "written": memory.written, "seen": memory._seen},
                    f"{result_file}.{rank}")
+        dist.barrier()      # both ranks are done before either tears the group down
     finally:
         dist.destroy_process_group()
 

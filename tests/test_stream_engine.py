@@ -301,6 +301,8 @@ dist.all_gather(others, flat)
 report["grads_equal_over_ranks"] = torch.equal(others[0], others[1])
 with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as handle:
     json.dump(report, handle)
+dist.barrier()              # no rank leaves while its peer still has a collective in flight (gloo aborts otherwise)
+del net                     # the reducer's pending work goes before the group does
 dist.destroy_process_group()
 '''
 

@@ -520,10 +520,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    clean = False
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            return COMMANDS[args.command](args)
+            code = COMMANDS[args.command](args)
+        clean = code == 0
+        return code
     except KeyboardInterrupt as interrupt:
         print(_interrupted_line(args.command, getattr(interrupt, "run_dir", None)), file=sys.stderr, flush=True)
         return 130
@@ -539,7 +542,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"keepmix {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     finally:
-        _leave_process_group()
+        _leave_process_group(clean)
 
 
 def _interrupted_line(command: str, run_dir: Optional[Path]) -> str:
@@ -565,11 +568,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         _default_showwarning(message, category, filename, lineno, file, line)
 
 
-def _leave_process_group() -> None:
-    """Stop the heartbeat and close the torchrun process group a training command joined (if any)."""
+def _leave_process_group(clean: bool = False) -> None:
+    """Stop the heartbeat and close the torchrun process group a training command joined (if any); a command that
+    succeeded meets its peers at a barrier first (see :func:`keepmix.engine.distributed.shutdown_distributed`)."""
     if "keepmix.engine.distributed" in sys.modules:
         from .engine.distributed import shutdown_distributed
-        shutdown_distributed()
+        shutdown_distributed(clean)
 
 
 if __name__ == "__main__":  # torchrun -m keepmix.cli train ...

@@ -88,13 +88,24 @@ def init_distributed(device_type: str, timeout: float = DEFAULT_TIMEOUT) -> Dist
     return job
 
 
-def shutdown_distributed() -> None:
-    """Stop the heartbeat and leave the process group (if this process joined one)."""
+def shutdown_distributed(clean: bool = False) -> None:
+    """Stop the heartbeat and leave the process group (if this process joined one).
+
+    ``clean=True`` (the command finished without an error on this rank) first meets the other ranks at a barrier, so
+    no rank tears its gloo/NCCL pairs down while a peer still has a collective in flight: a rank that left early made
+    its peer abort (``terminate called without an active exception``) at exit. After an error there is no barrier, as
+    the peers may never arrive; the group is destroyed at once.
+    """
     global _HEARTBEAT
     if _HEARTBEAT is not None:
         _HEARTBEAT.stop()
         _HEARTBEAT = None
     if dist.is_available() and dist.is_initialized():
+        if clean and dist.get_world_size() > 1:
+            try:
+                dist.barrier()
+            except (RuntimeError, dist.DistError):  # a peer died meanwhile: leave anyway
+                pass
         dist.destroy_process_group()
 
 
