@@ -90,6 +90,50 @@ def test_run_experiment_end_to_end_and_resume(tmp_path):
     assert trained == ["seed2", "seed2"]
 
 
+def fake_train(config, folder):
+    """A stand-in for a training run (module level: the --jobs workers unpickle it): a top-1 that is a
+    function of the arm's op and the seed only, and the process it ran in."""
+    import os
+    op = config.ops[0]["name"] if config.ops else "none"
+    if op == "keep_cutout" and config.seed == 1 and os.environ.get("KEEPMIX_TEST_FAIL_CELL"):
+        raise RuntimeError("cell keep_cutout/seed1 failed")
+    return {"val_top1": 50.0 + 10 * config.seed + (5.0 if op == "keep_cutout" else 0.0), "epochs": os.getpid()}
+
+
+def test_jobs_train_in_worker_processes_and_write_the_same_grid(tmp_path):
+    import os
+    serial = run_experiment(_tiny_table(), [0, 1, 2], tmp_path / "serial", progress=False, train=fake_train)
+    parallel = run_experiment(_tiny_table(), [0, 1, 2], tmp_path / "parallel", progress=False, train=fake_train,
+                              jobs=2)
+    assert [(r["arm"], r["seed"], r["val_top1"]) for r in parallel] == \
+        [(r["arm"], r["seed"], r["val_top1"]) for r in serial]                  # same rows, in the grid's order
+    assert [r["val_top1"] for r in parallel] == [50.0, 55.0, 60.0, 65.0, 70.0, 75.0]
+    assert {r["epochs"] for r in serial} == {os.getpid()}
+    assert os.getpid() not in {r["epochs"] for r in parallel}                   # trained in the workers
+    summary = (tmp_path / "parallel" / "tiny" / "summary.md").read_text()
+    assert summary == (tmp_path / "serial" / "tiny" / "summary.md").read_text()
+    # a rerun with jobs finds every result.json and trains nothing
+    again = run_experiment(_tiny_table(), [0, 1, 2], tmp_path / "parallel", progress=False, train=fake_train, jobs=2)
+    assert again == parallel
+
+
+def test_a_failed_job_stops_the_grid_and_keeps_finished_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("KEEPMIX_TEST_FAIL_CELL", "1")
+    with pytest.raises(RuntimeError, match="keep_cutout/seed1 failed"):
+        run_experiment(_tiny_table(), [0, 1], tmp_path, progress=False, train=fake_train, jobs=2)
+    assert (tmp_path / "tiny" / "cutout" / "seed0" / "result.json").is_file()
+    assert not (tmp_path / "tiny" / "keep_cutout" / "seed1" / "result.json").exists()
+    monkeypatch.delenv("KEEPMIX_TEST_FAIL_CELL")
+    rows = run_experiment(_tiny_table(), [0, 1], tmp_path, progress=False, train=fake_train, jobs=2)
+    assert [r["val_top1"] for r in rows] == [50.0, 55.0, 60.0, 65.0]
+
+
+@pytest.mark.parametrize("jobs, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_jobs_must_be_a_positive_int(tmp_path, jobs, error):
+    with pytest.raises(error, match="jobs"):
+        run_experiment(_tiny_table(), [0], tmp_path, progress=False, train=fake_train, jobs=jobs)
+
+
 def test_summary_without_runs_of_an_arm():
     table = _tiny_table()
     rows = [{"arm": "cutout", "seed": 0, "val_top1": 70.0}]
@@ -106,8 +150,13 @@ def test_shipped_experiments_plan():
         for c in table.comparisons:
             assert {c.a, c.b} <= arms, (table.name, c)
         # null controls where a Keep op is credited
-        if any(arm.startswith("keep_cutout_") and "random" not in arm for arm in arms):
-            assert any("random" in arm for arm in arms)
+        if any(arm.startswith("keep_") and "random" not in arm for arm in arms):
+            assert any("random" in arm for arm in arms), table.name
+        # the figure sweeps: every arm but the baselines carries its x value
+        if table.name.startswith("keepaugment_f"):
+            from keepmix.viz import sweep_baselines, sweep_groups
+            rows = [{"arm": arm, "val_top1": 1.0} for arm in arms]
+            assert len(sweep_baselines(rows)) <= 1 and sum(len(v) for v in sweep_groups(rows).values()) >= 4
 
 
 def test_figures_render_with_axes_and_legend(tmp_path):
@@ -135,6 +184,14 @@ def test_figures_render_with_axes_and_legend(tmp_path):
         plot_overhead(back, {"other": 1.0}, tmp_path / "none.png")
     with pytest.raises(ValueError, match="number"):
         plot_sweep([{"arm": "mixup", "val_top1": 1.0}], tmp_path / "bad.png")
+    # a τ sweep: arms ending in no number are the dash-line baselines (KeepAugment Figure 3)
+    from keepmix.viz import sweep_baselines
+    tau = [{"arm": f"keep_cutout_tau_{t}", "seed": s, "val_top1": 80.0 + s + 10 * t} for t in (0.2, 0.6) for s in (0, 1)]
+    tau += [{"arm": "cutout", "seed": s, "val_top1": 79.0 + s} for s in (0, 1)]
+    assert sweep_baselines(tau) == {"cutout": [79.0, 80.0]}
+    assert sorted(sweep_groups(tau)["keep_cutout_tau"]) == [0.2, 0.6]
+    out = plot_sweep(tau, tmp_path / "tau.png", parameter="τ")
+    assert image.imread(out).shape[0] > 100
 
 
 def test_cli_experiment_and_plots(tmp_path, capsys):

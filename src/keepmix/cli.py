@@ -122,6 +122,9 @@ def _add_experiment(sub) -> None:
     p.add_argument("--scale", choices=["reduced", "paper"], default="reduced",
                    help="reduced: the table's small protocol for 2 CPU cores (default); paper: as published")
     p.add_argument("--out", default="runs/experiments", help="where the experiment folder goes")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train N runs at once in worker processes (default 1: in this process); the cores are "
+                        "shared out among them")
     p.add_argument("--data-root", help="data folder (overrides the protocol's data.root)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
@@ -403,7 +406,7 @@ def cmd_bench(args) -> int:
 def cmd_experiment(args) -> int:
     from .experiment import main_args
     overrides = list(args.overrides) + ([f"data.root={args.data_root}"] if args.data_root else [])
-    return main_args(args.name, args.seeds, args.scale, args.out, overrides)
+    return main_args(args.name, args.seeds, args.scale, args.out, overrides, jobs=args.jobs)
 
 
 def cmd_plot(args) -> int:

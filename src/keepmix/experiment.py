@@ -1,7 +1,7 @@
 """Rerun a paper's table: arms × paired seeds, then means, intervals, paired differences and a verdict.
 
 ``keepmix experiment NAME`` (or :func:`run_experiment`) trains every arm of a table recipe once per
-seed. Arms of one seed share that seed, so they see the same data order and start from the same
+seed, in this process or ``--jobs N`` at a time in worker processes. Arms of one seed share that seed, so they see the same data order and start from the same
 initial weights: a *paired* design, where the seed-to-seed spread (±3 points on small CIFAR subsets)
 cancels out of the differences. A finished run (its ``result.json``) is skipped, so an interrupted
 grid resumes where it stopped.
@@ -158,38 +158,90 @@ def plan(table: Table, seeds: Sequence[int], scale: str = "reduced", overrides: 
 
 def run_experiment(table: Table, seeds: Sequence[int], out: Path, *, scale: str = "reduced",
                    overrides: Sequence[str] = (), progress: bool = True,
-                   train: Optional[Callable[[Any, Path], Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
-    """Train the grid (skipping finished runs), write ``results.csv`` and ``summary.md``; returns the rows."""
+                   train: Optional[Callable[[Any, Path], Dict[str, Any]]] = None, jobs: int = 1
+                   ) -> List[Dict[str, Any]]:
+    """Train the grid (skipping finished runs), write ``results.csv`` and ``summary.md``; returns the rows.
+
+    ``jobs > 1`` trains that many runs at once, each in its own process (``spawn``; each process gets
+    ``cpu_count // jobs`` torch threads, at least one). The runs are the same runs: each is seeded from its
+    own config, so the grid, the pairing and the files are those of ``jobs=1``; only the order in which
+    runs finish differs (the rows keep the grid's order). A run that fails stops the dispatch of new
+    runs; those already finished keep their ``result.json`` and are skipped on the rerun. ``train``
+    must then be a module-level function (it is pickled into the workers).
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int):
+        raise TypeError(f"jobs must be an int, got {type(jobs).__name__}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     out = Path(out) / table.name
     grid = plan(table, seeds, scale, overrides)
     train = train or _train_one
-    rows = []
-    bar = _progress(len(grid), table.name) if progress else None
-    for arm, seed, config in grid:
-        folder = out / arm / f"seed{seed}"
+    cells = [(arm, seed, config, out / arm / f"seed{seed}") for arm, seed, config in grid]
+    rows: Dict[int, Dict[str, Any]] = {}
+    todo = []
+    for position, (arm, seed, config, folder) in enumerate(cells):
         done = folder / "result.json"
         if done.is_file():
             row = json.loads(done.read_text(encoding="utf-8"))
             if row.get("train_top1") is None:  # a run recorded before the field existed
                 row["train_top1"] = _last_train_accuracy(folder / "metrics.csv")
+            rows[position] = row
         else:
-            summary = train(config, folder)
-            row = {"arm": arm, "seed": seed, **{k: summary.get(k) for k in RESULT_FIELDS[2:-1]},
-                   "run_dir": str(folder)}
-            if row.get("train_top1") is None:
-                row["train_top1"] = _last_train_accuracy(summary.get("metrics"))
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = done.with_suffix(".tmp")
-            tmp.write_text(json.dumps(row), encoding="utf-8")
-            tmp.replace(done)
-        rows.append(row)
-        if bar is not None:
-            bar.update(1)
+            todo.append(position)
+    bar = _progress(len(grid), table.name) if progress else None
+    if bar is not None and rows:
+        bar.update(len(rows))
+    if jobs == 1 or len(todo) <= 1:
+        for position in todo:
+            arm, seed, config, folder = cells[position]
+            rows[position] = _record(arm, seed, folder, train(config, folder))
+            if bar is not None:
+                bar.update(1)
+    else:
+        import concurrent.futures as futures
+        import multiprocessing
+        import os
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with futures.ProcessPoolExecutor(max_workers=min(jobs, len(todo)),
+                                         mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_worker_threads, initargs=(threads,)) as pool:
+            running = {pool.submit(train, cells[p][2], cells[p][3]): p for p in todo}
+            try:
+                for future in futures.as_completed(running):
+                    position = running[future]
+                    arm, seed, _, folder = cells[position]
+                    rows[position] = _record(arm, seed, folder, future.result())
+                    if bar is not None:
+                        bar.update(1)
+            except BaseException:
+                for future in running:
+                    future.cancel()
+                raise
     if bar is not None:
         bar.close()
-    write_results(out / "results.csv", rows)
-    (out / "summary.md").write_text(summarize(table, rows, scale, seeds), encoding="utf-8")
-    return rows
+    ordered = [rows[p] for p in sorted(rows)]
+    write_results(out / "results.csv", ordered)
+    (out / "summary.md").write_text(summarize(table, ordered, scale, seeds), encoding="utf-8")
+    return ordered
+
+
+def _worker_threads(threads: int) -> None:
+    """A ``--jobs`` worker's torch thread count (the cores shared out among the workers)."""
+    import torch
+    torch.set_num_threads(threads)
+
+
+def _record(arm: str, seed: int, folder: Path, summary: Dict[str, Any]) -> Dict[str, Any]:
+    """One finished run's row, written atomically to its ``result.json`` (what resume skips on)."""
+    row = {"arm": arm, "seed": seed, **{k: summary.get(k) for k in RESULT_FIELDS[2:-1]}, "run_dir": str(folder)}
+    if row.get("train_top1") is None:
+        row["train_top1"] = _last_train_accuracy(summary.get("metrics"))
+    folder.mkdir(parents=True, exist_ok=True)
+    done = folder / "result.json"
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(row), encoding="utf-8")
+    tmp.replace(done)
+    return row
 
 
 def _last_train_accuracy(metrics) -> Optional[float]:
@@ -270,7 +322,8 @@ def summarize(table: Table, rows: Sequence[Dict[str, Any]], scale: str, seeds: S
     return "\n".join(lines)
 
 
-def main_args(name: str, seeds: int, scale: str, out: str, overrides: Sequence[str], progress: bool = True) -> int:
+def main_args(name: str, seeds: int, scale: str, out: str, overrides: Sequence[str], progress: bool = True,
+              jobs: int = 1) -> int:
     """``keepmix experiment NAME --seeds N``: run the table's grid and print the summary."""
     tables = load_tables()
     if name not in tables:
@@ -279,6 +332,7 @@ def main_args(name: str, seeds: int, scale: str, out: str, overrides: Sequence[s
         raise ValueError(f"unknown experiment {name!r}; known: {', '.join(sorted(tables))}"
                          + (f" (did you mean {', '.join(hint)}?)" if hint else ""))
     table = tables[name]
-    run_experiment(table, list(range(seeds)), Path(out), scale=scale, overrides=overrides, progress=progress)
+    run_experiment(table, list(range(seeds)), Path(out), scale=scale, overrides=overrides, progress=progress,
+                   jobs=jobs)
     print((Path(out) / table.name / "summary.md").read_text(encoding="utf-8"))
     return 0

@@ -239,12 +239,16 @@ def plot_sweep(results: Sequence[Mapping[str, object]], path: PathLike, *, param
     """Accuracy against a swept parameter, one line per method, mean ± 95 % interval over seeds.
 
     Arms are named ``<method>_<value>`` (``keep_cutout_16``, ``keep_cutout_random_16``,
-    ``keep_cutout_tau_0.6``): the trailing number is the x value, everything before it the method. Test accuracy (solid, dots) and, where the rows carry
-    it, final training accuracy (dashed, hollow squares) — KeepAugment's Figures 2 and 3.
+    ``keep_cutout_tau_0.6``): the trailing number is the x value, everything before it the method. Test
+    accuracy (solid, dots) and, where the rows carry it, final training accuracy (dashed, hollow squares) —
+    KeepAugment's Figures 2 and 3. An arm whose name ends in no number (``cutout`` in a τ sweep) is a
+    *baseline*: a horizontal dotted line at its mean test accuracy with its 95 % band shaded, the dash line
+    of KeepAugment's Figure 3.
     """
     groups = sweep_groups(results)
     if not groups:
         raise ValueError("no arm is named <method>_<number>: nothing to plot against a parameter")
+    baselines = sweep_baselines(results)
     plt = _pyplot()
     figure, ax = plt.subplots(figsize=(6, 4))
     colours = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0", "C1", "C2", "C3"])
@@ -256,7 +260,23 @@ def plot_sweep(results: Sequence[Mapping[str, object]], path: PathLike, *, param
             if points:
                 ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
                             color=colour, capsize=3, markersize=4, label=f"{method} ({kind})", **style)
+    for index, (arm, values) in enumerate(sorted(baselines.items())):
+        colour = colours[(len(groups) + index) % len(colours)]
+        mean, half = _mean_ci(values)
+        ax.axhline(mean, color=colour, linestyle=":", linewidth=1.5, label=f"{arm} (test, baseline)")
+        if half > 0:
+            ax.axhspan(mean - half, mean + half, color=colour, alpha=0.12, linewidth=0)
     return _finish_accuracy_plot(figure, ax, f"{parameter}{f' ({unit})' if unit else ''}", title, path, dpi)
+
+
+def sweep_baselines(results: Sequence[Mapping[str, object]]) -> Dict[str, List[float]]:
+    """``arm → test accuracies`` of the arms whose name ends in no number (a sweep's baselines)."""
+    import re as _re
+    baselines: Dict[str, List[float]] = {}
+    for row in results:
+        if not _re.fullmatch(r"(.+)_(-?\d+(?:\.\d+)?)", str(row["arm"])):
+            baselines.setdefault(str(row["arm"]), []).append(float(row["val_top1"]))
+    return baselines
 
 
 def plot_overhead(results: Sequence[Mapping[str, object]], overhead: Mapping[str, float], path: PathLike, *,
