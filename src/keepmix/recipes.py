@@ -179,6 +179,36 @@ class MemoryConfig:
 
 
 @dataclass
+class SemiConfig:
+    """Semi-supervised training with UDA (Xie et al., arXiv 1904.12848); off while ``labels`` is null.
+
+    With ``labels: N`` the run keeps the labels of a class-balanced, seeded choice of N training images
+    (N/K per class, drawn with ``data.subset_seed``; :func:`keepmix.data.stratified_subset`) and uses
+    the rest of the training set without its labels. Every step takes a labelled batch of
+    ``optim.batch_size`` and an unlabelled batch ``unlabeled_ratio`` (μ) times larger; the recipe's
+    ``ops`` become the **strong** augmentation of the unlabelled images (``rand_augment``,
+    ``keep_rand_augment`` — whose model saliency then uses the predicted class, KeepAugment Table 7),
+    and the loss is :func:`keepmix.losses.tsa_cross_entropy` + ``weight`` (λ) ×
+    :func:`keepmix.losses.uda_consistency` (:mod:`keepmix.engine.semi`). ``temperature`` (τ) sharpens
+    the weak view's prediction, ``threshold`` (β) is the confidence mask, ``tsa`` the Training Signal
+    Annealing schedule (``none``, ``linear``, ``log``, ``exp``). Defaults: μ = 7, λ = 1, τ = 0.4,
+    β = 0.8, linear TSA — UDA's CIFAR-10 settings as we recall them (see :mod:`keepmix.losses`).
+    """
+
+    labels: Optional[int] = None
+    unlabeled_ratio: int = 7
+    weight: float = 1.0
+    temperature: float = 0.4
+    threshold: float = 0.8
+    tsa: str = "linear"
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the run is semi-supervised (``labels`` is set)."""
+        return self.labels is not None
+
+
+@dataclass
 class ArmConfig:
     """One arm of a comparison: its ops and dotted overrides applied to the recipe (``set``)."""
 
@@ -205,6 +235,9 @@ class TrainConfig:
 
     ``dist_timeout``: seconds a distributed collective may wait for the other ranks before the
     job fails with a message naming the rank that stopped (runtime field; 10 minutes).
+
+    ``semi``: UDA semi-supervised training (:class:`SemiConfig`); with ``semi.labels`` set, ``ops``
+    are the strong augmentation of the unlabelled batch.
     """
 
     name: str = "run"
@@ -215,6 +248,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
     ops: List[Dict[str, Any]] = field(default_factory=list)
     arms: List[ArmConfig] = field(default_factory=list)
     early_head: bool = False
@@ -293,6 +327,7 @@ class TrainConfig:
                  "must be float16, bfloat16 or float32", memory.dtype)
         _require(memory.reduce in ("auto", "max", "rms"), "memory.reduce", "must be auto, max or rms", memory.reduce)
         _require(0 < memory.min_own <= 1, "memory.min_own", "must be in (0, 1]", memory.min_own)
+        self._validate_semi()
         for key in ("train_size", "eval_size", "image_size", "eval_batch_size"):
             value = getattr(data, key)
             _require(value is None or value >= 1, f"data.{key}", "must be >= 1 or null", value)
@@ -308,6 +343,29 @@ class TrainConfig:
             for j, spec in enumerate(arm.ops):
                 check_op_spec(spec, f"arms[{index}].ops[{j}]")
         return self
+
+
+    def _validate_semi(self) -> None:
+        """Ranges of ``semi.*``, and what UDA training cannot combine with (named by field)."""
+        from .losses import TSA_SCHEDULES
+        semi = self.semi
+        _require(semi.labels is None or semi.labels >= 1, "semi.labels", "must be >= 1 or null", semi.labels)
+        _require(semi.unlabeled_ratio >= 1, "semi.unlabeled_ratio", "must be >= 1", semi.unlabeled_ratio)
+        _require(semi.weight >= 0, "semi.weight", "must be >= 0", semi.weight)
+        _require(semi.temperature > 0, "semi.temperature", "must be > 0", semi.temperature)
+        _require(0 <= semi.threshold <= 1, "semi.threshold", "must be in [0, 1]", semi.threshold)
+        _require(semi.tsa in TSA_SCHEDULES, "semi.tsa", f"must be one of {TSA_SCHEDULES}", semi.tsa)
+        if not semi.enabled:
+            return
+        _require(self.jsd_weight == 0, "jsd_weight", "must be 0 with semi.labels (UDA has its own consistency loss)",
+                 self.jsd_weight)
+        _require(not self.early_head and not uses_early_head(self.ops), "early_head",
+                 "is not supported with semi.labels (the unlabelled batch has no labels for its loss)",
+                 self.early_head)
+        _require(not uses_memory(self.ops), "ops", "may not read the saliency memory (saliency/pairing: memory) "
+                 "with semi.labels", self.ops)
+        _require(self.data.loader != "stream", "data.loader", "must be 'memory' or 'auto' with semi.labels "
+                 "(the labelled and unlabelled sets live on the device)", self.data.loader)
 
 
 SCHEDULES = ("cosine", "multistep", "constant")
@@ -1023,7 +1081,7 @@ def load_pretrained(model: nn.Module, path: PathLike) -> List[str]:
 
 __all__ = [
     "AMP_MODES", "ArmConfig", "BuildContext", "DataConfig", "ModelConfig", "OP_MODULES",
-    "OP_PRESETS", "OptimConfig", "SCHEDULES", "TrainConfig", "apply_overrides", "build_model_from_config",
+    "OP_PRESETS", "OptimConfig", "SCHEDULES", "SemiConfig", "TrainConfig", "apply_overrides", "build_model_from_config",
     "build_op", "build_ops", "config_from_dict", "config_to_dict", "config_to_yaml", "expand_arms",
     "find_recipe", "list_recipes", "load_pretrained", "load_recipe", "op_names", "op_registry", "op_space",
     "parse_override", "read_recipe", "recipe_dirs", "resolve_op", "set_by_path", "uses_early_head",
