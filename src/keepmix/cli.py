@@ -4,6 +4,7 @@
 
     keepmix train [RECIPE] [--set key=value ...] [--arm NAME ...] [--resume [DIR]] [flags]
     keepmix eval  --checkpoint PATH [--data NAME] [--data-root DIR] [--split test]
+    keepmix eval  --checkpoint PATH --corruptions noise,replace|cifar100-c [--baseline RUN] [--corruptions-root DIR]
     keepmix show  [RECIPE] [--checkpoint PATH] [--op SPEC ...] [--rows 6] [--out show.png]
     keepmix bench [benchmark options]
     keepmix plot  RUN_DIR [RUN_DIR ...] [--out curves.png]
@@ -89,6 +90,17 @@ def _add_eval(sub) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--corruptions", metavar="SPEC", default=None,
+                   help="top-1 error under corruptions instead: comma-separated noise[=σ], replace[=p] (on the fly, "
+                        "seeded), cifar10-c / cifar100-c (the published files, --corruptions-root), imagenet-c or "
+                        "one ImageNet-C type[=severity] (needs keepmix[corruptions]); writes corruptions_*.json/.csv "
+                        "into the run folder (keepmix.robustness)")
+    p.add_argument("--baseline", metavar="RUN", default=None,
+                   help="with --corruptions: a clean baseline run (checkpoint or folder) for mCE and relative mCE")
+    p.add_argument("--corruptions-root", metavar="DIR", default=None,
+                   help="folder holding CIFAR-10-C/ or CIFAR-100-C/ (or that folder)")
+    p.add_argument("--corruption-seed", type=int, default=0, metavar="N",
+                   help="seed of the on-the-fly corruptions (default 0)")
 
 
 def _add_show(sub) -> None:
@@ -235,6 +247,10 @@ def _print_config(config) -> int:
 
 
 def cmd_eval(args) -> int:
+    if args.corruptions is not None:
+        return _eval_corruptions(args)
+    if args.baseline is not None:
+        raise ValueError("--baseline needs --corruptions (it is the reference of the relative corruption error)")
     from .recipes import apply_overrides, config_from_dict
     from .train import Distributed, _eval_batches, evaluate, load_checkpoint, load_sets, load_split, resolve_device
     from .data import normalize
@@ -301,6 +317,22 @@ def cmd_eval(args) -> int:
     else:
         print(f"{config.data.name} {split} split ({which}): {int(metrics['count'])} images, epoch {payload['epoch']}: "
               f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}")
+    return 0
+
+
+def _eval_corruptions(args) -> int:
+    from .robustness import evaluate_run, format_table
+    result = evaluate_run(args.checkpoint, args.corruptions, baseline=args.baseline, data=args.data,
+                          data_root=args.data_root, split=args.split, files_root=args.corruptions_root,
+                          overrides=args.overrides, batch_size=args.batch_size, device=args.device,
+                          seed=args.corruption_seed)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['data']} ({result['split']}, {result['count']} images, epoch {result['epoch']}), "
+              f"corruptions {args.corruptions}, seed {args.corruption_seed}: top-1 error %")
+        print(format_table(result["rows"], result["clean_error"], result))
+        print("wrote " + ", ".join(result["files"]))
     return 0
 
 
