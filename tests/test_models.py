@@ -19,7 +19,7 @@ from keepmix.models import (
     MODELS, ClassifierModel, CifarResNet, DeepCifarResNet, DenseNet, ImageNetResNet, PreActResNet,
     PyramidNetShakeDrop, ShakeDrop, ShakeShakeResNet, SmallResNet, WideResNet, build_model, densenet121,
     preact_resnet18, pyramidnet_shakedrop, resnet18, resnet18_cifar, resnet50, resnet101, resnet110, resnet_cifar_depth,
-    resnet_small, shake_shake26_2x96d, wide_resnet, wrn28_10,
+    resnet_small, shake_shake26_2x96d, wide_resnet, wrn28_2, wrn28_10,
 )
 from keepmix.models.densenet import DenseLayer
 from keepmix.models.pyramidnet import PyramidBottleneck, pyramid_widths, shake_drop_scale
@@ -216,6 +216,8 @@ def test_single_channel_odd_size_inputs(factory):
     (resnet18_cifar, 10, 11_173_962),
     # WRN-28-10 at 10 classes: 36,479,194 (36.5 M in Zagoruyko & Komodakis).
     (wrn28_10, 10, 36_479_194),
+    # WRN-28-2 at 10 classes: 1,467,610 (1.5 M in the semi-supervised benchmarks, Oliver et al. 2018).
+    (wrn28_2, 10, 1_467_610),
     # ResNet-110, option A: 1,727,962 (1.7 M in He et al. 2016a).
     (resnet110, 10, 1_727_962),
 ])
@@ -481,11 +483,13 @@ def test_wide_resnet_dropout_only_in_training():
 
 
 def test_registry_names_and_exports():
-    assert set(MODELS) == {"resnet18_cifar", "preact_resnet18", "resnet110", "wrn28_10", "wide_resnet", "resnet18",
+    assert set(MODELS) == {"resnet18_cifar", "preact_resnet18", "resnet110", "wrn28_10", "wrn28_2", "wide_resnet",
+                           "resnet18",
                            "resnet50", "resnet101", "densenet121", "shake_shake26_2x96d", "pyramidnet_shakedrop",
                            "resnet_small"}
     expected_types = {"resnet18_cifar": CifarResNet, "preact_resnet18": PreActResNet, "resnet110": DeepCifarResNet,
-                      "wrn28_10": WideResNet, "wide_resnet": WideResNet, "resnet18": ImageNetResNet,
+                      "wrn28_10": WideResNet, "wrn28_2": WideResNet, "wide_resnet": WideResNet,
+                      "resnet18": ImageNetResNet,
                       "resnet50": ImageNetResNet, "resnet101": ImageNetResNet, "densenet121": DenseNet,
                       "shake_shake26_2x96d": ShakeShakeResNet,
                       "pyramidnet_shakedrop": PyramidNetShakeDrop, "resnet_small": SmallResNet}

@@ -632,7 +632,15 @@ class Trainer:
         data: a :class:`RunData` to use instead of loading the config's data set (tests, notebooks);
             with image-level policies among the ops it must deliver raw pixels (see :func:`prepare_data`).
         data_cache: a dict shared between runs so that loaded splits are reused (the arms of a recipe).
+
+    A config with ``semi.labels`` set builds a :class:`keepmix.engine.semi.SemiTrainer` (UDA) instead.
     """
+
+    def __new__(cls, config: Optional[TrainConfig] = None, *args, **kwargs):
+        if cls is Trainer and config is not None and config.semi.enabled:  # UDA: keepmix.engine.semi
+            from .engine.semi import SemiTrainer
+            cls = SemiTrainer
+        return super().__new__(cls)
 
     def __init__(self, config: TrainConfig, *, run_dir: Optional[os.PathLike] = None,
                  resume: Optional[os.PathLike] = None, quiet: bool = False, data: Optional[RunData] = None,

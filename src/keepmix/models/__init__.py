@@ -10,6 +10,7 @@ resnet18_cifar       ResNet-18, 3×3 stem (Cutout, KeepAugment)      32 px  11.1
 preact_resnet18      PreActResNet-18 (Manifold Mixup, GuidedMixup)  32 px  11.17 M (10)
 resnet110            ResNet-110, option-A shortcuts                 32 px  1.73 M (10)
 wrn28_10             Wide ResNet-28-10                              32 px  36.48 M (10)
+wrn28_2              Wide ResNet-28-2 (semi-supervised benchmarks)  32 px  1.47 M (10)
 wide_resnet          WRN-depth-width (kwargs depth, width, dropout) 32 px  —
 resnet18             ResNet-18, ImageNet stem                       224 px 11.69 M (1000)
 resnet50             ResNet-50, ImageNet stem                       224 px 25.56 M (1000)
@@ -35,13 +36,14 @@ from .resnet_deep_cifar import DeepCifarResNet, resnet110, resnet_cifar_depth
 from .resnet_imagenet import ImageNetResNet, resnet18, resnet50, resnet101
 from .shake_shake import ShakeShakeResNet, shake_shake26_2x96d
 from .small import SmallResNet, resnet_small
-from .wide_resnet import WideResNet, wide_resnet, wrn28_10
+from .wide_resnet import WideResNet, wide_resnet, wrn28_2, wrn28_10
 
 MODELS: Dict[str, Callable[..., ClassifierModel]] = {
     "resnet18_cifar": resnet18_cifar,
     "preact_resnet18": preact_resnet18,
     "resnet110": resnet110,
     "wrn28_10": wrn28_10,
+    "wrn28_2": wrn28_2,
     "wide_resnet": wide_resnet,
     "resnet18": resnet18,
     "resnet50": resnet50,
@@ -75,7 +77,7 @@ __all__ = [
     "CifarResNet", "resnet18_cifar",
     "PreActResNet", "preact_resnet18",
     "DeepCifarResNet", "resnet_cifar_depth", "resnet110",
-    "WideResNet", "wide_resnet", "wrn28_10",
+    "WideResNet", "wide_resnet", "wrn28_2", "wrn28_10",
     "ImageNetResNet", "resnet18", "resnet50", "resnet101",
     "DenseNet", "densenet121",
     "ShakeShakeResNet", "shake_shake26_2x96d",

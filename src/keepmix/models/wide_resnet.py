@@ -3,7 +3,8 @@
 WRN-d-k: depth d = 6n + 4, widen factor k. A 3×3 conv with 16 channels, three stages
 of n pre-activation blocks with 16k, 32k and 64k channels (strides 1, 2, 2), a final
 BN + ReLU, global average pooling and a linear classifier. WRN-28-10 has 36,479,194
-parameters for 10 classes (36.5 M in the paper).
+parameters for 10 classes (36.5 M in the paper); WRN-28-2, the network of the semi-supervised
+benchmarks (UDA, KeepAugment Table 7), has 1,467,610.
 
 Block (input C_in channels, output C), with dropout between the two convolutions::
 
@@ -76,3 +77,8 @@ def wide_resnet(depth: int = 28, width: int = 10, num_classes: int = 10, dropout
 def wrn28_10(num_classes: int = 10, dropout: float = 0.0, in_channels: int = 3) -> WideResNet:
     """WRN-28-10 (36.5 M parameters at 10 classes)."""
     return WideResNet(28, 10, num_classes, dropout, in_channels)
+
+
+def wrn28_2(num_classes: int = 10, dropout: float = 0.0, in_channels: int = 3) -> WideResNet:
+    """WRN-28-2 (1.47 M parameters at 10 classes): the semi-supervised CIFAR benchmarks' network (UDA, KeepAugment Table 7)."""
+    return WideResNet(28, 2, num_classes, dropout, in_channels)
