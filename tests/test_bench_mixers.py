@@ -36,3 +36,21 @@ def test_paper_figures_are_guidedmixup_table_2():
     assert bm.PAPER_OVERHEAD["PuzzleMix"] == (138.5, 139.9, 134.1)
     assert bm.PAPER_OVERHEAD["Co-Mixup"] == (292.1, 490.2, 716.6)
     assert bm._paper("Guided-SR", 64) == "7" and bm._paper("Guided-SR", 8) == "-"
+
+
+def test_overheads_csv_feeds_the_overhead_figure(tmp_path):
+    import csv
+    results = {"CIFAR ResNet-18": {16: {"step_s": 0.1, "Mixup": 1.0, "PuzzleMix": 60.0},
+                                   64: {"step_s": 0.4, "Mixup": 0.5, "PuzzleMix": 70.0}}}
+    path = bm.write_overheads(results, tmp_path / "overheads.csv")
+    with open(path, newline="") as handle:
+        rows = {r["arm"]: r for r in csv.DictReader(handle)}
+    assert {a: float(r["overhead_percent"]) for a, r in rows.items()} == {"vanilla": 0.0, "mixup": 0.5,
+                                                                         "puzzle_mix": 70.0}
+    assert rows["mixup"]["batch"] == "64"
+    assert float(next(r for a, r in rows.items() if a == "puzzle_mix")["overhead_percent"]) == 70.0
+    small = bm.write_overheads(results, tmp_path / "small.csv", batch=16)
+    assert "puzzle_mix,60.000" in small.read_text()
+    with pytest.raises(ValueError, match="batch"):
+        bm.write_overheads(results, tmp_path / "x.csv", batch=32)
+    assert set(bm.ARM_NAMES) == set(bm.PAPER_OVERHEAD)

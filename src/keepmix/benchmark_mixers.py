@@ -25,7 +25,9 @@ Run: ``python benchmarks/mixer_overhead.py`` (``--help`` for options; ``--markdo
 from __future__ import annotations
 
 import argparse
+import csv
 import statistics
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -143,6 +145,34 @@ def format_table(results: Dict[str, Dict[int, Dict[str, float]]], device: str, m
     return "\n".join(lines).rstrip() + "\n"
 
 
+#: the benchmark's mixer names → the arm names of the GuidedMixup recipes (recipes/guidedmixup/_mixup_arms.yaml)
+ARM_NAMES = {"Mixup": "mixup", "CutMix": "cutmix", "SaliencyMix": "saliencymix", "Guided-SR": "guided_sr",
+             "SnapMix": "snapmix", "PuzzleMix": "puzzle_mix", "Co-Mixup": "co_mixup", "Guided-AP": "guided_ap"}
+
+
+def write_overheads(results: Dict[str, Dict[int, Dict[str, float]]], path, batch: Optional[int] = None) -> Path:
+    """``arm,overhead_percent`` rows for ``keepmix plot --overhead`` (GuidedMixup Figure 3's x axis).
+
+    Taken from the first model of ``results`` at ``batch`` (default: its largest batch); each value is the
+    mixer's time on a mixed batch in % of a training step, as in the table, and ``vanilla`` (no mixing) is 0.
+    """
+    label = next(iter(results))
+    by_batch = results[label]
+    batch = max(by_batch) if batch is None else batch
+    if batch not in by_batch:
+        raise ValueError(f"batch must be one of the measured batch sizes {sorted(by_batch)}, got {batch}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["arm", "overhead_percent", "model", "batch"])
+        writer.writerow(["vanilla", "0.0", label, batch])
+        for name, value in by_batch[batch].items():
+            if name != "step_s":
+                writer.writerow([ARM_NAMES.get(name, name), f"{value:.3f}", label, batch])
+    return path
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="mixer_overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(PAPER_BATCHES))
@@ -154,6 +184,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables (for the README)")
+    parser.add_argument("--csv", metavar="PATH", help="also write arm,overhead_percent (the first model, largest "
+                                                       "batch) for keepmix plot --overhead")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -162,6 +194,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else \
         f"CPU, {torch.get_num_threads()} threads"
     print(format_table(results, name, markdown=args.markdown), end="")
+    if args.csv:
+        print(f"wrote {write_overheads(results, args.csv)}")
     return 0
 
 
