@@ -19,6 +19,12 @@ The tables, their comparisons, the papers' numbers and the reduced protocols are
 model, fewer epochs, a data subset: ≲ 1 hour on 2 CPU cores, stated in the summary);
 ``scale="paper"`` runs the recipe as published.
 
+A table with ``corruptions: SPEC`` (``keepmix eval --corruptions`` syntax, :mod:`keepmix.robustness`) evaluates
+each finished run under those corruptions (seed 0, on the run's evaluation set) and adds ``clean_error`` and
+``corruption_error`` (GuidedMixup's mean corruption error, %) to its row; ``metrics`` lists the metrics the
+summary reports and compares (default ``[val_top1]``; the first one is the table's headline). ``paper`` and a
+comparison's ``paper`` are then keyed by metric (``{corruption_error: {...}, clean_error: {...}}``).
+
 Interval: with n paired differences d_s, mean d̄ and standard deviation s_d, the 95 % interval is
 d̄ ± t₀.₉₇₅,ₙ₋₁ · s_d / √n (Student's t; exact quantiles for n ≤ 30, then 1.96).
 """
@@ -42,6 +48,11 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
         29: 2.045, 30: 2.042}
 
 RESULT_FIELDS = ["arm", "seed", "val_top1", "val_top5", "val_loss", "train_top1", "epochs", "seconds", "run_dir"]
+#: columns a corruption table adds (keepmix.robustness), written only when a row has them
+CORRUPTION_FIELDS = ["clean_error", "corruption_error"]
+#: metric → (column heading, lower is better)
+METRICS = {"val_top1": ("top-1 %", False), "clean_error": ("clean error %", True),
+           "corruption_error": ("corruption error %", True)}
 
 
 def t_quantile(df: int) -> float:
@@ -72,13 +83,20 @@ class Interval:
         return cls(mean, sd, n, mean - half, mean + half)
 
 
-def verdict(interval: Interval, paper_difference: Optional[float]) -> str:
-    """holds / contradicted / inconclusive for a paired difference against the paper's sign."""
+def verdict(interval: Interval, paper_difference: Optional[float], *, lower_is_better: bool = False) -> str:
+    """holds / contradicted / inconclusive for a paired difference against the paper's sign.
+
+    Without a paper difference the expected side is "a better than b": positive for accuracies, negative
+    for errors (``lower_is_better``).
+    """
     if interval.n < 2 or math.isnan(interval.low):
         return "inconclusive (one seed)"
     if interval.low <= 0.0 <= interval.high:
         return "inconclusive"
-    sign = 1.0 if paper_difference is None or paper_difference >= 0 else -1.0
+    if paper_difference is None:
+        sign = -1.0 if lower_is_better else 1.0
+    else:
+        sign = 1.0 if paper_difference >= 0 else -1.0
     agrees = (interval.low > 0) == (sign > 0)
     return "holds" if agrees else "contradicted"
 
@@ -103,6 +121,15 @@ class Table:
     paper: Dict[str, float] = field(default_factory=dict)
     reduced: Dict[str, Any] = field(default_factory=dict)
     reduced_note: str = ""
+    corruptions: Optional[str] = None
+    metrics: List[str] = field(default_factory=lambda: ["val_top1"])
+
+    def __post_init__(self):
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown or not self.metrics:
+            raise ValueError(f"experiment {self.name}: metrics must be among {', '.join(METRICS)}, got {self.metrics}")
+        if any(m in CORRUPTION_FIELDS for m in self.metrics) and not self.corruptions:
+            raise ValueError(f"experiment {self.name}: metrics {self.metrics} need corruptions: SPEC")
 
 
 def experiments_file() -> Path:
@@ -185,6 +212,8 @@ def run_experiment(table: Table, seeds: Sequence[int], out: Path, *, scale: str 
             row = json.loads(done.read_text(encoding="utf-8"))
             if row.get("train_top1") is None:  # a run recorded before the field existed
                 row["train_top1"] = _last_train_accuracy(folder / "metrics.csv")
+            if table.corruptions and row.get("corruption_error") is None:  # trained before its corruption eval
+                row = _record(arm, seed, folder, _with_corruptions(table, folder, row))
             rows[position] = row
         else:
             todo.append(position)
@@ -194,7 +223,7 @@ def run_experiment(table: Table, seeds: Sequence[int], out: Path, *, scale: str 
     if jobs == 1 or len(todo) <= 1:
         for position in todo:
             arm, seed, config, folder = cells[position]
-            rows[position] = _record(arm, seed, folder, train(config, folder))
+            rows[position] = _record(arm, seed, folder, _with_corruptions(table, folder, train(config, folder)))
             if bar is not None:
                 bar.update(1)
     else:
@@ -210,7 +239,7 @@ def run_experiment(table: Table, seeds: Sequence[int], out: Path, *, scale: str 
                 for future in futures.as_completed(running):
                     position = running[future]
                     arm, seed, _, folder = cells[position]
-                    rows[position] = _record(arm, seed, folder, future.result())
+                    rows[position] = _record(arm, seed, folder, _with_corruptions(table, folder, future.result()))
                     if bar is not None:
                         bar.update(1)
             except BaseException:
@@ -233,7 +262,8 @@ def _worker_threads(threads: int) -> None:
 
 def _record(arm: str, seed: int, folder: Path, summary: Dict[str, Any]) -> Dict[str, Any]:
     """One finished run's row, written atomically to its ``result.json`` (what resume skips on)."""
-    row = {"arm": arm, "seed": seed, **{k: summary.get(k) for k in RESULT_FIELDS[2:-1]}, "run_dir": str(folder)}
+    row = {"arm": arm, "seed": seed, **{k: summary.get(k) for k in RESULT_FIELDS[2:-1]}, "run_dir": str(folder),
+           **{k: summary[k] for k in CORRUPTION_FIELDS if summary.get(k) is not None}}
     if row.get("train_top1") is None:
         row["train_top1"] = _last_train_accuracy(summary.get("metrics"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -242,6 +272,15 @@ def _record(arm: str, seed: int, folder: Path, summary: Dict[str, Any]) -> Dict[
     tmp.write_text(json.dumps(row), encoding="utf-8")
     tmp.replace(done)
     return row
+
+
+def _with_corruptions(table: Table, folder: Path, summary: Dict[str, Any]) -> Dict[str, Any]:
+    """``summary`` plus the run's clean and corruption errors when the table has ``corruptions``."""
+    if not table.corruptions:
+        return summary
+    from .robustness import evaluate_run
+    result = evaluate_run(folder, table.corruptions, device="cpu", seed=0)
+    return {**summary, "clean_error": result["clean_error"], "corruption_error": result["corruption_error"]}
 
 
 def _last_train_accuracy(metrics) -> Optional[float]:
@@ -269,53 +308,73 @@ def _progress(total: int, name: str):
 
 def write_results(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    fields = RESULT_FIELDS + [k for k in CORRUPTION_FIELDS if any(row.get(k) is not None for row in rows)]
     with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=RESULT_FIELDS)
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: row.get(k) for k in RESULT_FIELDS})
+            writer.writerow({k: row.get(k) for k in fields})
 
 
-def _by_arm(rows: Sequence[Dict[str, Any]]) -> Dict[str, Dict[int, float]]:
+def _by_arm(rows: Sequence[Dict[str, Any]], metric: str = "val_top1") -> Dict[str, Dict[int, float]]:
     out: Dict[str, Dict[int, float]] = {}
     for row in rows:
-        out.setdefault(row["arm"], {})[int(row["seed"])] = float(row["val_top1"])
+        if row.get(metric) is not None:
+            out.setdefault(row["arm"], {})[int(row["seed"])] = float(row[metric])
     return out
 
 
-def paired(rows: Sequence[Dict[str, Any]], a: str, b: str) -> List[float]:
-    """a − b top-1 for every seed both arms finished (the pairing)."""
-    arms = _by_arm(rows)
+def _paper(value: Any, metric: str, first: bool) -> Optional[float]:
+    """The paper's number for ``metric``: a dict keyed by metric, or a plain number meaning the first metric."""
+    if isinstance(value, dict):
+        return value.get(metric)
+    return value if first else None
+
+
+def paired(rows: Sequence[Dict[str, Any]], a: str, b: str, metric: str = "val_top1") -> List[float]:
+    """a − b of ``metric`` (top-1 by default) for every seed both arms finished (the pairing)."""
+    arms = _by_arm(rows, metric)
     common = sorted(set(arms.get(a, {})) & set(arms.get(b, {})))
     return [arms[a][s] - arms[b][s] for s in common]
 
 
 def summarize(table: Table, rows: Sequence[Dict[str, Any]], scale: str, seeds: Sequence[int]) -> str:
     """The Markdown summary: the protocol, per-arm intervals, paired comparisons with verdicts."""
-    arms = _by_arm(rows)
     lines = [f"# {table.name}", "", table.description, "",
              f"Recipe `{table.recipe}`, scale **{scale}**, seeds {', '.join(map(str, seeds))} (arms paired by seed)."]
     if scale == "reduced" and table.reduced_note:
         lines += ["", f"Reduced protocol: {table.reduced_note}"]
-    lines += ["", "| arm | n | mean top-1 % | sd | 95 % CI | paper % |", "|---|---|---|---|---|---|"]
-    for arm, values in arms.items():
-        iv = Interval.of(list(values.values()))
-        paper = table.paper.get(arm)
-        ci = "–" if iv.n < 2 else f"{iv.low:.2f} … {iv.high:.2f}"
-        sd = "–" if iv.n < 2 else f"{iv.sd:.2f}"
-        lines.append(f"| {arm} | {iv.n} | {iv.mean:.2f} | {sd} | {ci} | {'' if paper is None else paper} |")
-    if table.comparisons:
-        lines += ["", "| comparison | n | mean difference (points) | 95 % CI | paper difference | verdict |",
-                  "|---|---|---|---|---|---|"]
-        for c in table.comparisons:
-            diffs = paired(rows, c.a, c.b)
-            if not diffs:
-                lines.append(f"| {c.a} − {c.b} | 0 | – | – | {c.paper if c.paper is not None else ''} | not run |")
-                continue
-            iv = Interval.of(diffs)
-            ci = "–" if iv.n < 2 else f"{iv.low:+.2f} … {iv.high:+.2f}"
-            paper = "" if c.paper is None else f"{c.paper:+.2f}"
-            lines.append(f"| {c.a} − {c.b} | {iv.n} | {iv.mean:+.2f} | {ci} | {paper} | {verdict(iv, c.paper)} |")
+    if table.corruptions:
+        lines += ["", f"Corruptions: `{table.corruptions}` (keepmix eval --corruptions; seed 0, on each run's "
+                      "evaluation set; corruption error = mean over corruptions of the top-1 error, %)."]
+    for position, metric in enumerate(table.metrics):
+        heading, lower = METRICS[metric]
+        first = position == 0
+        arms = _by_arm(rows, metric)
+        if metric != "val_top1" or len(table.metrics) > 1:
+            lines += ["", f"## {heading[:-2] if heading.endswith(' %') else heading}"]
+        lines += ["", f"| arm | n | mean {heading} | sd | 95 % CI | paper % |", "|---|---|---|---|---|---|"]
+        for arm, values in arms.items():
+            iv = Interval.of(list(values.values()))
+            paper = (table.paper.get(metric) or {}).get(arm) if isinstance(table.paper.get(metric), dict) \
+                else (table.paper.get(arm) if first else None)
+            ci = "–" if iv.n < 2 else f"{iv.low:.2f} … {iv.high:.2f}"
+            sd = "–" if iv.n < 2 else f"{iv.sd:.2f}"
+            lines.append(f"| {arm} | {iv.n} | {iv.mean:.2f} | {sd} | {ci} | {'' if paper is None else paper} |")
+        if table.comparisons:
+            lines += ["", "| comparison | n | mean difference (points) | 95 % CI | paper difference | verdict |",
+                      "|---|---|---|---|---|---|"]
+            for c in table.comparisons:
+                expected = _paper(c.paper, metric, first)
+                diffs = paired(rows, c.a, c.b, metric)
+                if not diffs:
+                    lines.append(f"| {c.a} − {c.b} | 0 | – | – | {expected if expected is not None else ''} | not run |")
+                    continue
+                iv = Interval.of(diffs)
+                ci = "–" if iv.n < 2 else f"{iv.low:+.2f} … {iv.high:+.2f}"
+                paper = "" if expected is None else f"{expected:+.2f}"
+                lines.append(f"| {c.a} − {c.b} | {iv.n} | {iv.mean:+.2f} | {ci} | {paper} | "
+                             f"{verdict(iv, expected, lower_is_better=lower)} |")
     lines += ["", "Intervals: mean ± t₀.₉₇₅,ₙ₋₁·sd/√n over seeds (Student's t). Verdict: *holds* when the paired "
               "interval excludes 0 on the paper's side, *contradicted* when it excludes 0 on the other side, "
               "*inconclusive* otherwise.", ""]

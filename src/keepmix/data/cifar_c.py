@@ -147,13 +147,12 @@ class CorruptedSet:
         array = self._images_array(corruption)
         n = self.per_severity
         if severity is None:
-            block = np.asarray(array)
-            return torch.from_numpy(np.ascontiguousarray(block.reshape(SEVERITIES, n, *block.shape[1:]))
-                                    ).permute(0, 1, 4, 2, 3).contiguous()
+            block = np.array(array)  # a writable in-memory copy of the memory-mapped file
+            return torch.from_numpy(block.reshape(SEVERITIES, n, *block.shape[1:])).permute(0, 1, 4, 2, 3).contiguous()
         if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= SEVERITIES:
             raise ValueError(f"severity must be an int in 1–{SEVERITIES}, got {severity!r}")
-        block = np.asarray(array[(severity - 1) * n:severity * n])
-        return torch.from_numpy(np.ascontiguousarray(block)).permute(0, 3, 1, 2).contiguous()
+        block = np.array(array[(severity - 1) * n:severity * n])
+        return torch.from_numpy(block).permute(0, 3, 1, 2).contiguous()
 
     def __repr__(self) -> str:
         return (f"CorruptedSet({self.name}, {len(self.corruptions)} corruptions × {self.severities} severities × "
