@@ -163,6 +163,21 @@ def test_corruptions_stay_on_the_batch_device_with_a_cpu_generator():
     assert replace_pixels(x, 0.5, g).device == x.device
 
 
+@pytest.mark.parametrize("name", ["noise", "replace"])
+def test_no_host_sync_and_calls_flat_in_the_batch(name):
+    from keepmix._checks import input_checks
+    from keepmix.launches import count_calls
+
+    def call(b):
+        x = torch.rand(b, 3, 16, 16)
+        g = torch.Generator().manual_seed(0)
+        return lambda: gaussian_noise(x, 0.1, g) if name == "noise" else replace_pixels(x, 0.3, g)
+    with input_checks(False):
+        small, large = count_calls(call(4)), count_calls(call(64))
+    assert small.syncs == 0 and large.syncs == 0
+    assert small.calls == large.calls and small.calls <= 12
+
+
 # --------------------------------------------------------------------------- imagecorruptions (optional)
 
 def test_imagenet_c_through_imagecorruptions():

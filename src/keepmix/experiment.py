@@ -103,10 +103,11 @@ def verdict(interval: Interval, paper_difference: Optional[float], *, lower_is_b
 
 @dataclass
 class Comparison:
-    """Arm ``a`` against arm ``b`` (difference a − b); ``paper``: the paper's a − b, if it has one."""
+    """Arm ``a`` against arm ``b`` (difference a − b); ``paper``: the paper's a − b, if it has one — a number
+    (for the table's first metric) or a dict keyed by metric."""
     a: str
     b: str
-    paper: Optional[float] = None
+    paper: Optional[Any] = None
 
 
 @dataclass

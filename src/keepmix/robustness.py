@@ -78,8 +78,9 @@ def parse_corruptions(spec: str) -> List[Item]:
         if not text:
             raise ValueError(f"--corruptions has an empty item in {spec!r}")
         name, _, value_text = text.partition("=")
-        name = name.strip().lower().replace("-", "_") if name.strip().lower() not in FILE_SETS + ("imagenet-c",) \
-            else name.strip().lower()
+        name = name.strip().lower()
+        if name not in FILE_SETS + ("imagenet-c",):
+            name = name.replace("-", "_")  # jpeg-compression → jpeg_compression
         value: Optional[float] = None
         if value_text.strip():
             try:
@@ -311,8 +312,6 @@ def format_table(rows: Sequence[Dict[str, Any]], clean: float, result: Dict[str,
     lines = [head]
     for c, errors in by.items():
         label = c
-        if values[c][0] is not None:
-            label = f"{c}"
         cells = "  ".join(f"{e:6.2f}" for e in errors) + "        " * (most - len(errors))
         line = f"{label:<{width}}  {cells}  {sum(errors) / len(errors):6.2f}"
         if relative:
