@@ -144,7 +144,8 @@ def test_replacement_degenerate_cases():
 @pytest.mark.parametrize("bad, kind, word", [
     (dict(fraction=1.5), ValueError, "fraction"), (dict(fraction=-0.1), ValueError, "fraction"),
     (dict(fraction="a"), TypeError, "fraction"), (dict(source=torch.zeros(2, 3, 4, 5)), ValueError, "source"),
-    (dict(source=[1]), TypeError, "source"), (dict(generator="g"), TypeError, "generator"),
+    (dict(source=[1]), TypeError, "source"), (dict(source=torch.zeros(2, 3, 4, 4, dtype=torch.uint8)), TypeError,
+                                               "source"), (dict(generator="g"), TypeError, "generator"),
     (dict(images=torch.zeros(2, 3, 4)), ValueError, "images")])
 def test_replacement_bad_arguments_name_the_argument(bad, kind, word):
     args = dict(images=torch.zeros(2, 3, 4, 4), fraction=0.5, generator=None, source=None)

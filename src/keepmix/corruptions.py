@@ -134,15 +134,15 @@ def replace_pixels(images: torch.Tensor, fraction: float = REPLACE_FRACTION,
         images: B×C×H×W uint8 or float.
         fraction: p in [0, 1] (default :data:`REPLACE_FRACTION` = 0.5).
         generator: optional ``torch.Generator`` (the shift, then the positions).
-        source: optional B×C×H×W images the replacing pixels come from (same shape, any dtype of
-            images; cast to ``images``' dtype). Evaluations pass the whole evaluation set under one
-            random shift, so batch sizes (a last batch of 1) do not matter.
+        source: optional B×C×H×W images the replacing pixels come from (the shape, dtype and device of
+            ``images``). Evaluations pass the whole evaluation set under one random shift, so batch sizes
+            (a last batch of 1) do not matter.
 
     Returns:
         The corrupted batch, same dtype, device and shape.
 
     Raises:
-        TypeError: wrong kinds (``images``, ``fraction``, ``source``, ``generator``).
+        TypeError: wrong kinds (``images``, ``fraction``, ``source`` — also of another dtype, ``generator``).
         ValueError: ``fraction`` outside [0, 1]; ``source`` of another shape or device; B = 1 without
             ``source`` (there is no other image).
     """
@@ -164,7 +164,8 @@ def replace_pixels(images: torch.Tensor, fraction: float = REPLACE_FRACTION,
         if source.device != images.device:
             raise ValueError(f"source must be on the device of images ({images.device}), got {source.device}")
         if source.dtype != images.dtype:
-            source = source.to(images.dtype) if images.dtype != torch.uint8 else source.round().clamp(0, 255).to(torch.uint8)
+            raise TypeError(f"source must have the dtype of images ({images.dtype}, the same pixel scale), "
+                            f"got {source.dtype}")
     k = replacement_count(fraction, h, w)
     draws = _random.rand((b, h * w), images.device, generator)
     if k == 0:
