@@ -366,6 +366,15 @@ class TrainConfig:
                  "with semi.labels", self.ops)
         _require(self.data.loader != "stream", "data.loader", "must be 'memory' or 'auto' with semi.labels "
                  "(the labelled and unlabelled sets live on the device)", self.data.loader)
+        for index, spec in enumerate(self.ops):
+            try:
+                cls, _ = resolve_op(spec["name"]) if isinstance(spec, dict) and isinstance(spec.get("name"), str) \
+                    else (None, None)
+            except ValueError:  # an unknown name is reported when the ops are built
+                cls = None
+            _require(not getattr(cls, "mixes_labels", False), f"ops[{index}]",
+                     "mixes labels; with semi.labels the ops are the strong view of unlabelled images and must "
+                     "preserve labels (rand_augment, keep_rand_augment, cutout…)", spec)
 
 
 SCHEDULES = ("cosine", "multistep", "constant")
