@@ -78,6 +78,8 @@ def test_tsa_mask_and_cross_entropy_by_hand():
     assert loss.item() == pytest.approx(0.669080, rel=1e-5) and kept.item() == pytest.approx(2 / 3)
     loss, kept = tsa_cross_entropy(LOGITS, TARGETS, 1.0)                # η = 1: plain cross-entropy
     assert loss.item() == pytest.approx(F.cross_entropy(LOGITS, TARGETS).item(), rel=1e-6) and kept.item() == 1.0
+    loss, _ = tsa_cross_entropy(LOGITS, TARGETS, 1.0, label_smoothing=0.1)
+    assert loss.item() == pytest.approx(F.cross_entropy(LOGITS, TARGETS, label_smoothing=0.1).item(), rel=1e-6)
 
 
 def test_tsa_cross_entropy_that_keeps_nothing_is_zero_with_zero_gradient():

@@ -222,8 +222,13 @@ def tsa_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, threshold: fl
     Returns:
         ``(loss, kept)``: the scalar loss and the share of the batch kept, a float32 scalar in [0, 1].
     """
-    keep = tsa_mask(logits, targets, threshold)
-    per_example = soft_target_cross_entropy(logits, targets, label_smoothing, reduction="none")
+    logits = _check_logits(logits, "logits")
+    index = _check_class_indices(targets, logits.shape[0], logits.shape[1])  # one range check (one host read)
+    eta = check_probability(threshold, "threshold")
+    log_p = F.log_softmax(logits.float(), dim=1)
+    keep = log_p.detach().gather(1, index.view(-1, 1)).squeeze(1).exp() <= eta
+    soft = smooth_targets(torch.zeros_like(log_p).scatter_(1, index.view(-1, 1), 1.0), label_smoothing)
+    per_example = -(soft * log_p).sum(dim=1)
     kept = keep.float()
     loss = (per_example * kept).sum() / kept.sum().clamp_min(1.0)
     return loss, kept.mean()
