@@ -121,7 +121,9 @@ def test_a_failed_job_stops_the_grid_and_keeps_finished_runs(tmp_path, monkeypat
     monkeypatch.setenv("KEEPMIX_TEST_FAIL_CELL", "1")
     with pytest.raises(RuntimeError, match="keep_cutout/seed1 failed"):
         run_experiment(_tiny_table(), [0, 1], tmp_path, progress=False, train=fake_train, jobs=2)
-    assert (tmp_path / "tiny" / "cutout" / "seed0" / "result.json").is_file()
+    # the other three runs were dispatched before or alongside the failing one: all finished and recorded
+    for arm, seed in (("cutout", 0), ("keep_cutout", 0), ("cutout", 1)):
+        assert (tmp_path / "tiny" / arm / f"seed{seed}" / "result.json").is_file(), (arm, seed)
     assert not (tmp_path / "tiny" / "keep_cutout" / "seed1" / "result.json").exists()
     monkeypatch.delenv("KEEPMIX_TEST_FAIL_CELL")
     rows = run_experiment(_tiny_table(), [0, 1], tmp_path, progress=False, train=fake_train, jobs=2)

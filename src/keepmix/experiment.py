@@ -194,7 +194,8 @@ def run_experiment(table: Table, seeds: Sequence[int], out: Path, *, scale: str 
     ``cpu_count // jobs`` torch threads, at least one). The runs are the same runs: each is seeded from its
     own config, so the grid, the pairing and the files are those of ``jobs=1``; only the order in which
     runs finish differs (the rows keep the grid's order). A run that fails stops the dispatch of new
-    runs; those already finished keep their ``result.json`` and are skipped on the rerun. ``train``
+    runs; the runs in flight finish and are recorded, every finished run keeps its ``result.json``
+    (skipped on the rerun), and the first error is raised. ``train``
     must then be a module-level function (it is pickled into the workers).
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int):
@@ -236,17 +237,29 @@ def run_experiment(table: Table, seeds: Sequence[int], out: Path, *, scale: str 
                                          mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_worker_threads, initargs=(threads,)) as pool:
             running = {pool.submit(train, cells[p][2], cells[p][3]): p for p in todo}
+            failure: Optional[BaseException] = None
             try:
                 for future in futures.as_completed(running):
+                    if future.cancelled():
+                        continue
+                    error = future.exception()
+                    if error is not None:
+                        if failure is None:  # stop dispatching; the runs in flight still finish and count
+                            failure = error
+                            for other in running:
+                                other.cancel()
+                        continue
                     position = running[future]
                     arm, seed, _, folder = cells[position]
                     rows[position] = _record(arm, seed, folder, _with_corruptions(table, folder, future.result()))
                     if bar is not None:
                         bar.update(1)
-            except BaseException:
+            except BaseException:  # Ctrl-C: nothing new starts; finished runs already have their result.json
                 for future in running:
                     future.cancel()
                 raise
+            if failure is not None:
+                raise failure
     if bar is not None:
         bar.close()
     ordered = [rows[p] for p in sorted(rows)]
