@@ -276,7 +276,8 @@ def comixup_objective_by_loops(assign, saliency, grid_shape, valid, beta, gamma,
         for j in range(m):
             for j2 in range(m):
                 if j != j2:
-                    total += gamma / n * counts[j] @ a_c @ counts[j2]
+                    shares, shares2 = counts[j] / n, counts[j2] / n   # o_j: output j's source shares
+                    total += gamma * shares @ a_c @ shares2
         result.append(total)
     return np.array(result)
 

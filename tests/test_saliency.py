@@ -518,3 +518,19 @@ def test_compute_maps_checks_maps():
         compute_maps(None, x, None, torch.rand(3, 6, 5), "Op")
     with pytest.raises(ValueError, match="saliency"):
         compute_maps(None, x, None, None, "Op")
+
+
+def test_train_mode_saliency_switches_dropout_off_and_restores_it(make_tiny_net):
+    """bn="train": batch statistics, but no dropout mask from the global RNG — two passes agree bit for bit
+    (Co-Mixup's seeded output depended on it), and every module's mode is restored afterwards."""
+    from keepmix.saliency import gradient
+    net = make_tiny_net(dropout=0.5).train()
+    x, y = torch.randn(6, 3, 16, 16), torch.randint(0, 5, (6,))
+    first = gradient(net, x, y, reduce="rms", bn="train")
+    torch.manual_seed(123)                                   # another global RNG state: no effect
+    second = gradient(net, x, y, reduce="rms", bn="train")
+    assert torch.equal(first, second)
+    assert all(m.training for m in net.modules())
+    # batch statistics are still used: the map of an image depends on the rest of the batch
+    alone = gradient(net, x[:3], y[:3], reduce="rms", bn="train")
+    assert not torch.allclose(alone, first[:3])

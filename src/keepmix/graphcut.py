@@ -643,16 +643,24 @@ def comixup_objective(assign, saliency, grid_shape: Tuple[int, int], valid=None,
         f(Z) = \\sum_j \\Big[ −\\sum_i \\min\\big(τ n,\\; w_{ji}\\big)
                + β \\sum_{(k,k') ∈ \\mathcal N} [z_{jk} ≠ z_{jk'}]
                − η \\sum_k [z_{jk} = j] \\Big]
-             + \\frac{γ}{n} \\sum_{j ≠ j'} c_j^⊤ A_c\\, c_{j'}
+             + γ \\sum_{j ≠ j'} o_j^⊤ A_c\\, o_{j'}, \\qquad o_j = c_j / n
 
     z_{jk}: the input filling location k of output j; ŝ_i: input i's block saliency with mean 1
     (:func:`mean_one`); w_{ji} = Σ_k ŝ_i(k)[z_{jk} = i] the saliency output j collects from input i,
     capped at τ n — a share τ of the input's saliency: collecting more of one input earns nothing, so
     an output has no reason to be (nearly) one input; 𝒩: the 4-neighbourhood of the grid (smoothness
     β); η: the label prior, which favours each output's own input j (so output j is "image j mixed
-    with others"); c_j ∈ ℕ^m: how many locations of output j each input fills; A_c:
+    with others"); c_j ∈ ℕ^m: how many locations of output j each input fills, o_j = c_j/n its source
+    shares (Co-Mixup's input-source vector, a distribution over the inputs); A_c:
     :func:`compatibility`. The last term — diversity — penalises two outputs made of the same inputs;
     it is supermodular, the rest is submodular (graph-representable).
+
+    Scale of the diversity term (keepmix's reading; the paper's text was not at hand): over source
+    *shares* o_j, so that moving one block to another input costs about 2γ/n — commensurate with the
+    mean-1 saliency of one block at the paper's γ = 1. Over raw counts c_j (the reading keepmix used
+    before) one moved block cost about 2γ, more than any but the peakiest block saliency could repay:
+    with the paper's defaults every output stayed its own input, and a training run was bit-identical
+    to one without mixing (found on the CIFAR-10 subset; ``tests/test_optmix.py`` keeps the case).
 
     Args:
         assign: int (G, m, n) input index per output location.
@@ -678,7 +686,7 @@ def comixup_objective(assign, saliency, grid_shape: Tuple[int, int], valid=None,
     a_c = compatibility(s, omega)
     total = counts.sum(axis=1)
     div = (np.einsum("gi,gij,gj->g", total, a_c, total) - np.einsum("gki,gij,gkj->g", counts, a_c, counts))
-    return sal + smooth + prior + gamma / n * div
+    return sal + smooth + prior + gamma / (n * n) * div
 
 
 def comixup_assign(saliency, grid_shape: Tuple[int, int], valid=None, update=None, *, beta: float = 0.32,
@@ -690,7 +698,7 @@ def comixup_assign(saliency, grid_shape: Tuple[int, int], valid=None, update=Non
     once); for output j, with the others fixed:
 
     * the diversity term is exactly modular in output j's labels: location k choosing input i adds
-      (2γ/n) (A_c Σ_{j'≠j} c_{j'})_i;
+      (2γ/n²) (A_c Σ_{j'≠j} c_{j'})_i;
     * the capped saliency −min(τ n, w_{ji}) — supermodular — is replaced by its modular upper bound
       tight at the current labels (secants of the convex g(w) = −min(τ n, w)): a location already
       filled by input i counts ŝ_i(k)·g(w̄)/w̄, a new one ŝ_i(k)·(g(W) − g(w̄))/(W − w̄), W = Σ_k ŝ_i(k);
@@ -736,7 +744,7 @@ def comixup_assign(saliency, grid_shape: Tuple[int, int], valid=None, update=Non
             ss = s[rows]  # (R, m, n)
             others = _counts(assign[rows], m) * valid[rows][..., None]
             others = others.sum(axis=1) - others[:, j]  # (R, m)
-            diversity = 2.0 * gamma / n * np.einsum("rij,rj->ri", a_c[rows], others)  # (R, m)
+            diversity = 2.0 * gamma / (n * n) * np.einsum("rij,rj->ri", a_c[rows], others)  # (R, m)
             w_bar = _collected(cur[:, None, :], ss)[:, 0]  # (R, m)
             cap = tau * total_sal[rows]
             capped = np.minimum(cap, w_bar)

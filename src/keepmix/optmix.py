@@ -255,15 +255,17 @@ class CoMixup(Op):
     .. math::
         f(Z) = \\sum_j \\Big[ −\\sum_i \\min(τ n,\\, w_{ji})
                + β \\sum_{(k,k') ∈ \\mathcal N} [z_{jk} ≠ z_{jk'}] − η \\sum_k [z_{jk} = j] \\Big]
-             + \\frac{γ}{n} \\sum_{j ≠ j'} c_j^⊤ A_c\\, c_{j'}
+             + γ \\sum_{j ≠ j'} o_j^⊤ A_c\\, o_{j'}
 
     with ŝ_i the block saliency of input i (channel-RMS gradient of the cross-entropy, rescaled to
     mean 1), w_{ji} the saliency output j collects from input i — **τ** caps it at a share τ of the
     input's saliency (mask sizes beyond it earn nothing, so no output is one input again); **β**
     smoothness (Potts, 4-neighbourhood); **η** the label prior (keepmix's reading: a prior towards each
     output's own input, which makes output j "image j mixed with others" and fixes where it goes in
-    the batch); **γ** the supermodular diversity term — c_j counts how many blocks of output j each
-    input fills, and two outputs made of the same inputs are penalised through the compatibility
+    the batch); **γ** the supermodular diversity term — o_j = c_j/n, c_j counting how many blocks of
+    output j each input fills (shares, so that one moved block costs about 2γ/n: see
+    :func:`keepmix.graphcut.comixup_objective` for why not counts), and two outputs made of the same
+    inputs are penalised through the compatibility
     matrix A_c = (1 − ω) I + ω A, A the cosine similarity of the inputs' saliency (**ω**).
 
     Solved by the paper's iterative modular approximation: output by output (all groups at once),

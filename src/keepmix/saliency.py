@@ -28,7 +28,10 @@ in eval mode, so normalisation uses the running statistics, dropout is off, and
 each image's map depends on that image alone (as PuzzleMix does; the official
 GuidedMixup code instead runs in train mode and corrupts the running
 statistics). ``bn="train"`` keeps the model's own modes (batch statistics)
-and restores every buffer afterwards, so the running statistics are untouched.
+and restores every buffer afterwards, so the running statistics are untouched;
+dropout and stochastic depth are switched off for the pass in both modes, so a
+map is a property of the model and the batch, not of a dropout draw from the
+global RNG (an op's maps, and so its output, are bit-identical per seed).
 """
 
 from __future__ import annotations
@@ -75,6 +78,9 @@ class _PreservedModel:
             self.model.eval()
         else:
             self.buffers = [b.detach().clone() for b in self.model.buffers()]
+            for m in modules:  # batch statistics yes, random masks no
+                if _is_stochastic(m):
+                    m.eval()
         return self
 
     def __exit__(self, *exc):
@@ -87,6 +93,12 @@ class _PreservedModel:
                 for b, saved in zip(self.model.buffers(), self.buffers):
                     b.copy_(saved)
         return False
+
+
+def _is_stochastic(module: nn.Module) -> bool:
+    """Dropout of any kind (``nn.Dropout*``, ``AlphaDropout``) and timm-style ``DropPath`` / ``DropBlock``."""
+    return isinstance(module, nn.modules.dropout._DropoutNd) or type(module).__name__.startswith(("DropPath",
+                                                                                                 "DropBlock"))
 
 
 def _check_bn(bn: str) -> str:
