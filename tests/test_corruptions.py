@@ -367,13 +367,17 @@ def test_relative_mce_is_hendrycks_definition():
 
 
 def test_parse_corruptions():
-    items = parse_corruptions("noise, replace=0.25,noise=0.2,cifar100-c,fog=2")
+    items = parse_corruptions("noise, replace=0.25,noise=0.2,cifar100-c")
     assert items == [Item("noise", "noise", 0.1), Item("replace", "replace", 0.25), Item("noise", "noise", 0.2),
-                     Item("files", "cifar100-c"), Item("imagenet_c", "fog", 2.0)]
+                     Item("files", "cifar100-c")]
+    assert parse_corruptions("noise,fog=2") == [Item("noise", "noise", 0.1), Item("imagenet_c", "fog", 2.0)]
     assert len(parse_corruptions("imagenet-c")) == 75 and len(parse_corruptions("jpeg-compression")) == 5
-    assert spec_tag(items) == "noise-replace-cifar100-c-fog"
+    assert spec_tag(items) == "noise-replace-cifar100-c"
     for bad, word in [("", "corruption"), ("nois", "noise"), ("noise=x", "number"), ("replace=2", "share"),
-                      ("noise=-1", "σ"), ("fog=7", "severity"), ("noise,noise", "twice"), ("cifar10-c=1", "no value")]:
+                      ("noise=-1", "σ"), ("fog=7", "severity"), ("noise,noise", "twice"), ("cifar10-c=1", "no value"),
+                      # a file set's rows would share names (fog, gaussian_noise) with ImageNet-C types or the other set
+                      ("cifar100-c,fog=2", "separate"), ("cifar10-c,imagenet-c", "separate"),
+                      ("cifar10-c,cifar100-c", "separate")]:
         with pytest.raises(ValueError, match=word):
             parse_corruptions(bad)
 
@@ -454,3 +458,127 @@ def test_a_corruption_experiment_summarises_errors_lower_is_better(tmp_path):
     t4 = load_tables()["guidedmixup_t4"]
     assert t4.arms == ["mixup", "guided_sr", "guided_sr_aug"] and t4.corruptions == "noise,replace"
     assert t4.metrics[0] == "corruption_error"
+
+
+# --------------------------------------------------------------------------- bad and degenerate input (review)
+
+def test_rows_of_a_corruption_come_by_severity_whatever_the_spec_order():
+    """``noise=0.5,noise=0.05``: σ 0.05 is severity 1, so its row comes first — the table's s1 column, the CSV
+    and the JSON agree (the s1 column used to show σ 0.5, the JSON's severity 2)."""
+    from keepmix.robustness import format_table
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.randint(0, K, (6,))
+    rows = corruption_rows(MeanRed(), images, labels, parse_corruptions("noise=0.5,replace,noise=0.05"),
+                           normalize=lambda x: x.float(), device=torch.device("cpu"), batch_size=4)
+    assert [(r["corruption"], r["severity"], r["value"]) for r in rows] == [
+        ("noise", 1, 0.05), ("noise", 2, 0.5), ("replace", 1, 0.5)]
+    alone = corruption_rows(MeanRed(), images, labels, parse_corruptions("noise=0.05"),
+                            normalize=lambda x: x.float(), device=torch.device("cpu"), batch_size=4)
+    assert rows[0]["error"] == alone[0]["error"]  # an item's images do not depend on the others
+    text = format_table(rows, 0.0, {"corruption_error": corruption_error(rows)})
+    noise_line = next(line for line in text.splitlines() if line.startswith("noise "))
+    assert noise_line.split()[1:3] == [f"{rows[0]['error']:.2f}", f"{rows[1]['error']:.2f}"]
+    assert "levels s1… = 0.05, 0.5" in text
+
+
+def fake_run(folder: Path, num_classes: int = 3, batch_size: int = 6, n_per_class: int = 6, seed: int = 0) -> Path:
+    """A run folder holding a checkpoint of an untrained resnet_small on salient_shapes (no training)."""
+    from keepmix.engine.checkpoint import CHECKPOINT_VERSION, FORMAT, save_checkpoint
+    from keepmix.models import build_model
+    from keepmix.recipes import config_from_dict, config_to_dict
+    config = config_from_dict({"name": "fake", "data": {"name": "salient_shapes", "kwargs": {
+        "n_per_class": n_per_class, "num_classes": num_classes, "image_size": 16, "object_size": 6}},
+        "model": {"name": "resnet_small"}, "optim": {"epochs": 1, "batch_size": batch_size}})
+    torch.manual_seed(seed)
+    model = build_model("resnet_small", num_classes)
+    save_checkpoint({"config": config_to_dict(config), "model": model.state_dict(), "num_classes": num_classes,
+                     "mean": [0.5] * 3, "std": [0.25] * 3, "epoch": 1, "format": FORMAT,
+                     "version": CHECKPOINT_VERSION}, folder / "checkpoint.pt")
+    return folder
+
+
+def test_the_baseline_is_evaluated_on_the_runs_images_in_the_runs_batches(tmp_path):
+    """A baseline whose own config has another evaluation set (n_per_class 5) and batch size (4) but the run's
+    very weights must give the run's errors exactly: it is evaluated on the run's images, batches and noise
+    (it used to be evaluated on its own data set and batches); a baseline of another class count is refused."""
+    from keepmix.robustness import evaluate_run
+    run = fake_run(tmp_path / "run")
+    base = fake_run(tmp_path / "base", batch_size=4, n_per_class=5)
+    result = evaluate_run(run, "noise=0.3,replace", baseline=base, device="cpu", write=False)
+    assert result["baseline"]["clean_error"] == result["clean_error"]
+    assert result["baseline"]["rows"] == result["rows"] and result["count"] == 18
+    assert result["relative"]["mce"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="baseline.*4 classes"):
+        evaluate_run(run, "noise", baseline=fake_run(tmp_path / "four", num_classes=4), device="cpu", write=False)
+
+
+def test_evaluate_run_refuses_what_it_cannot_finish_before_evaluating(tmp_path, monkeypatch, capsys):
+    """Bad batch sizes, a file set without its folder (or of another class count) and ImageNet-C types without
+    their package are refused before any image is evaluated; the CLI says so in one line, exit code 2."""
+    import keepmix.robustness as robustness
+    from keepmix.cli import main
+    run = fake_run(tmp_path / "run")
+    write_cifar_c(tmp_path / "c" / "CIFAR-10-C", ("fog",))
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluated before refusing")
+    monkeypatch.setattr(robustness, "count_errors", no_evaluation)
+    for batch_size in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size"):
+            robustness.evaluate_run(run, "noise", batch_size=batch_size, device="cpu", write=False)
+    with pytest.raises(ValueError, match="corruptions-root"):
+        robustness.evaluate_run(run, "noise,cifar10-c", device="cpu", write=False)
+    with pytest.raises(ValueError, match="10 classes"):
+        robustness.evaluate_run(run, "noise,cifar10-c", files_root=str(tmp_path / "c"), device="cpu", write=False)
+    with pytest.raises(SystemExit) as stop:
+        main(["eval", "--checkpoint", str(run), "--corruptions", "noise", "--batch-size", "0"])
+    assert stop.value.code == 2 and "--batch-size" in capsys.readouterr().err
+    try:
+        import imagecorruptions  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="imagecorruptions"):
+            robustness.evaluate_run(run, "noise,fog=2", device="cpu", write=False)
+        capsys.readouterr()
+        assert main(["eval", "--checkpoint", str(run), "--corruptions", "noise,fog=2"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("keepmix eval: error:") and "imagecorruptions" in err and "Traceback" not in err
+
+
+def test_cifar_c_loader_refuses_bad_arguments_and_files_when_opened(tmp_path):
+    folder = tmp_path / "CIFAR-10-C"
+    write_cifar_c(folder, ("gaussian_noise", "fog"))
+    data = load_cifar_c(tmp_path, "cifar10-c")
+    assert data.images("fog", np.int64(2)).shape == (N, 3, 32, 32)  # any integer type
+    with pytest.raises(TypeError, match="severity"):
+        data.images("fog", 2.0)
+    with pytest.raises(ValueError, match="severity"):
+        data.images("fog", 6)
+    with pytest.raises(ValueError, match="corruption.*snow"):
+        data.images("snow", 1)
+    with pytest.raises(TypeError, match="corruptions"):  # a string is not a list of names ('f', 'o', 'g')
+        load_cifar_c(tmp_path, "cifar10-c", corruptions="fog")
+    with pytest.raises(ValueError, match="twice"):
+        load_cifar_c(tmp_path, "cifar10-c", corruptions=["fog", "fog"])
+    with pytest.raises(ValueError, match="CIFAR-10-C"):  # the 10-class folder opened as CIFAR-100-C
+        load_cifar_c(folder, "cifar100-c")
+    # a broken file other than the first is refused when the set is opened, not when its turn comes
+    (folder / "fog.npy").write_bytes((folder / "fog.npy").read_bytes()[:1000])
+    with pytest.raises(ValueError, match="fog"):
+        load_cifar_c(tmp_path, "cifar10-c")
+    assert load_cifar_c(tmp_path, "cifar10-c", corruptions=["gaussian_noise"]).corruptions == ["gaussian_noise"]
+    empty = tmp_path / "empty" / "CIFAR-10-C"
+    empty.mkdir(parents=True)
+    np.save(empty / "labels.npy", np.zeros(0, dtype=np.int64))
+    np.save(empty / "fog.npy", np.zeros((0, 32, 32, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="no images"):
+        load_cifar_c(tmp_path / "empty", "cifar10-c")
+
+
+def test_an_experiments_corruptions_are_checked_when_the_table_is_read():
+    """A SPEC typo used to surface only after the first run had trained; file sets have no folder there."""
+    from keepmix.experiment import Table
+    with pytest.raises(ValueError, match="experiment t: corruptions.*nosie"):
+        Table(name="t", recipe="default", corruptions="nosie,replace", metrics=["corruption_error"])
+    with pytest.raises(ValueError, match="experiment t: corruptions.*corruptions-root"):
+        Table(name="t", recipe="default", corruptions="cifar100-c", metrics=["corruption_error"])

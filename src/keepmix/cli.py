@@ -77,8 +77,19 @@ def _add_train(sub) -> None:
                    help="check the config (building its ops) and print it as YAML; train nothing")
 
 
+def _positive_int(text: str) -> int:
+    """argparse type of a count: an int >= 1 (0 would silently mean 'the default')."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {value}")
+    return value
+
+
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint: top-1, top-5, loss")
+    p = sub.add_parser("eval", help="evaluate a checkpoint: top-1, top-5, loss (or top-1 error under --corruptions)")
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt or a run folder")
     p.add_argument("--data", help="data set name (default: the one the run trained on)")
     p.add_argument("--data-root", help="data folder")
@@ -87,9 +98,10 @@ def _add_eval(sub) -> None:
                         "held-out part, and data.eval_size subset — the set its printed accuracies are on)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override data fields of the run's config, e.g. --set data.eval_size=1000")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                   help="evaluation batch size (default: the run's data.eval_batch_size, else optim.batch_size)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:1, …")
+    p.add_argument("--json", action="store_true", help="print the metrics (with --corruptions: the result) as JSON")
     p.add_argument("--corruptions", metavar="SPEC", default=None,
                    help="top-1 error under corruptions instead: comma-separated noise[=σ], replace[=p] (on the fly, "
                         "seeded), cifar10-c / cifar100-c (the published files, --corruptions-root), imagenet-c or "

@@ -179,12 +179,17 @@ def replace_pixels(images: torch.Tensor, fraction: float = REPLACE_FRACTION,
 
 # --------------------------------------------------------------------------- ImageNet-C through imagecorruptions
 
+class MissingPackageError(ImportError, RuntimeError):
+    """An optional package is not installed: an ``ImportError`` to Python code, and a ``RuntimeError``, so the
+    command line reports it as one ``keepmix …: error:`` line."""
+
+
 def _imagecorruptions():
     try:
         import imagecorruptions
     except ImportError as error:
-        raise ImportError("the ImageNet-C corruption types need the optional package imagecorruptions: "
-                          "pip install 'keepmix[corruptions]'") from error
+        raise MissingPackageError("the ImageNet-C corruption types need the optional package imagecorruptions: "
+                                  "pip install 'keepmix[corruptions]'") from error
     return imagecorruptions
 
 

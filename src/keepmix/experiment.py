@@ -131,6 +131,17 @@ class Table:
             raise ValueError(f"experiment {self.name}: metrics must be among {', '.join(METRICS)}, got {self.metrics}")
         if any(m in CORRUPTION_FIELDS for m in self.metrics) and not self.corruptions:
             raise ValueError(f"experiment {self.name}: metrics {self.metrics} need corruptions: SPEC")
+        if self.corruptions is not None:  # checked here, not after the first run has trained
+            from .robustness import parse_corruptions
+            try:
+                items = parse_corruptions(self.corruptions)
+            except ValueError as error:
+                raise ValueError(f"experiment {self.name}: corruptions: {error}") from None
+            if any(item.kind == "files" for item in items):
+                raise ValueError(f"experiment {self.name}: corruptions: {self.corruptions!r} reads published files, "
+                                 "which an experiment has no folder for; list on-the-fly items (noise, replace, "
+                                 "ImageNet-C types) and evaluate the runs with keepmix eval --corruptions SET "
+                                 "--corruptions-root DIR")
 
 
 def experiments_file() -> Path:
@@ -202,6 +213,11 @@ def run_experiment(table: Table, seeds: Sequence[int], out: Path, *, scale: str 
         raise TypeError(f"jobs must be an int, got {type(jobs).__name__}")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if table.corruptions:  # the optional package of ImageNet-C items: before any run trains
+        from .robustness import parse_corruptions
+        if any(item.kind == "imagenet_c" for item in parse_corruptions(table.corruptions)):
+            from .corruptions import _imagecorruptions
+            _imagecorruptions()
     out = Path(out) / table.name
     grid = plan(table, seeds, scale, overrides)
     train = train or _train_one

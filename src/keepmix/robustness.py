@@ -17,6 +17,8 @@ item                        corrupted images
 ==========================  =====================================================================
 
 Repeating an item with other values (``noise=0.05,noise=0.1``) gives it several levels ("severities").
+A file set goes with on-the-fly items only (its corruptions are named like the ImageNet-C types and the
+other set's).
 
 **What is reported** (all in %, on the images of each item, top-1 error ``E = 100 − top-1 accuracy``):
 
@@ -118,6 +120,12 @@ def parse_corruptions(spec: str) -> List[Item]:
                              + (f" (did you mean {', '.join(hint)}?)" if hint else ""))
     if len(set(items)) != len(items):
         raise ValueError(f"--corruptions lists an item twice: {spec!r}")
+    file_sets = sorted({item.name for item in items if item.kind == "files"})
+    if file_sets and (len(file_sets) > 1 or any(item.kind == "imagenet_c" for item in items)):
+        # their rows would share corruption names (fog, gaussian_noise, …) and be averaged together
+        others = file_sets[1:] if len(file_sets) > 1 else sorted({i.name for i in items if i.kind == "imagenet_c"})
+        raise ValueError(f"--corruptions: {file_sets[0]} names its corruptions like {', '.join(others)}; "
+                         f"evaluate them in separate runs of keepmix eval")
     return items
 
 
@@ -184,7 +192,8 @@ def corruption_rows(model: torch.nn.Module, images: torch.Tensor, labels: torch.
 
     ``images``/``labels``: the clean evaluation set (uint8 or 0–1 float N×C×H×W; int64 N), kept where
     they are (batches move to ``device``). ``files`` items read their own images and labels from
-    ``files_root``. Severity of an on-the-fly item: its rank among the values of that name (1, 2, …).
+    ``files_root``. Severity of an on-the-fly item: its rank among the values of that name (1, 2, …); the
+    rows of a corruption come in the order of their severities, its first item's place among the others.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -228,7 +237,11 @@ def corruption_rows(model: torch.nn.Module, images: torch.Tensor, labels: torch.
             wrong, total = count_errors(model, batches(), normalize, device, amp)
             rows.append({"corruption": item.name, "severity": int(item.value), "value": item.value,
                          "error": _error(wrong, total), "count": total, "source": "imagecorruptions"})
-    return rows
+    first = {}
+    for row in rows:
+        first.setdefault(row["corruption"], len(first))
+    # each corruption's rows by severity (noise=0.2,noise=0.05 lists σ 0.05 first: its severity 1)
+    return sorted(rows, key=lambda row: (first[row["corruption"]], row["severity"]))
 
 
 def _file_rows(model, name: str, root: Optional[str], normalize, device, batch_size: int, amp: str,
@@ -341,9 +354,15 @@ def _run_folder(checkpoint) -> Path:
     return path if path.is_dir() else path.parent
 
 
+def _model(payload, config, device: torch.device) -> torch.nn.Module:
+    from .models import build_model
+    model = build_model(config.model.name, payload["num_classes"], **config.model.kwargs)
+    model.load_state_dict(payload["model"])
+    return model.to(device)
+
+
 def _model_and_eval_set(checkpoint, *, data: Optional[str], data_root: Optional[str], split: Optional[str],
                         overrides: Sequence[str], device: torch.device):
-    from .models import build_model
     from .recipes import apply_overrides, config_from_dict
     from .train import load_checkpoint, load_sets, load_split
     payload = load_checkpoint(checkpoint)
@@ -361,11 +380,27 @@ def _model_and_eval_set(checkpoint, *, data: Optional[str], data_root: Optional[
     if loaded.num_classes != payload["num_classes"]:
         raise ValueError(f"the checkpoint has {payload['num_classes']} classes, {config.data.name} has "
                          f"{loaded.num_classes}")
-    model = build_model(config.model.name, payload["num_classes"], **config.model.kwargs)
-    model.load_state_dict(payload["model"])
-    model.to(device)
+    model = _model(payload, config, device)
     mean, std = tuple(payload["mean"]), tuple(payload["std"])
     return model, images, labels, mean, std, config, payload
+
+
+def _check_items(items: Sequence[Item], files_root: Optional[str], num_classes: int) -> None:
+    """What the items need, checked before any image is evaluated: the published files (their folder,
+    layout and class count) and the ``imagecorruptions`` package."""
+    from .corruptions import _imagecorruptions
+    from .data.cifar_c import load_cifar_c
+    for item in items:
+        if item.kind == "files":
+            if files_root is None:
+                raise ValueError(f"{item.name} needs the folder of its files: pass --corruptions-root DIR (a folder "
+                                 f"holding {'CIFAR-10-C' if item.name == 'cifar10-c' else 'CIFAR-100-C'}/, or that "
+                                 f"folder)")
+            loaded = load_cifar_c(files_root, item.name)
+            if loaded.num_classes != num_classes:
+                raise ValueError(f"{item.name} has {loaded.num_classes} classes but the model has {num_classes}")
+    if any(item.kind == "imagenet_c" for item in items):
+        _imagecorruptions()
 
 
 def evaluate_run(checkpoint, corruptions: str, *, baseline=None, data: Optional[str] = None,
@@ -377,36 +412,61 @@ def evaluate_run(checkpoint, corruptions: str, *, baseline=None, data: Optional[
     Returns the result dict: ``rows``, ``clean_error``, ``corruption_error``, ``relative`` (with a
     baseline), ``baseline`` (its clean and corruption errors and rows), the protocol (items, seed, batch
     size, evaluation set) and ``files`` (what was written).
+
+    The baseline contributes its model only (its weights, normalisation and architecture): it is evaluated on
+    *this* run's evaluation set, in this run's batches, under the same seeds — the very same corrupted images —
+    and must have this run's number of classes. What the items need (``--corruptions-root`` and its files,
+    the ``imagecorruptions`` package) is checked before any image is evaluated.
+
+    Raises:
+        ValueError: a bad SPEC, ``batch_size`` not a positive int, a baseline of another class count, files
+            missing or of another class count (naming them).
+        ImportError: ImageNet-C items without the ``imagecorruptions`` package
+            (:class:`keepmix.corruptions.MissingPackageError`, also a ``RuntimeError``).
     """
     from .data import normalize as normalize_fn
-    from .train import Distributed, resolve_device
+    from .recipes import config_from_dict
+    from .train import Distributed, load_checkpoint, resolve_device
     items = parse_corruptions(corruptions)
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int (or None: the run's evaluation batch size), "
+                         f"got {batch_size!r}")
     dev = resolve_device(device, Distributed())
+    model, images, labels, mean, std, config, payload = _model_and_eval_set(
+        checkpoint, data=data, data_root=data_root, split=split, overrides=overrides, device=dev)
+    size = batch_size or config.data.eval_batch_size or config.optim.batch_size
+    base = None
+    if baseline is not None:  # its model only: it is evaluated on this run's images, labels and batches
+        base_payload = load_checkpoint(baseline)
+        if base_payload["num_classes"] != payload["num_classes"]:
+            raise ValueError(f"baseline {baseline} has {base_payload['num_classes']} classes, the run has "
+                             f"{payload['num_classes']}: a baseline must classify the run's evaluation set")
+        base = (_model(base_payload, config_from_dict(base_payload["config"]), dev), base_payload)
+    _check_items(items, files_root, payload["num_classes"])
 
-    def measure(path) -> Tuple[float, List[Dict[str, Any]], Dict[str, Any]]:
-        model, images, labels, mean, std, config, payload = _model_and_eval_set(
-            path, data=data, data_root=data_root, split=split, overrides=overrides, device=dev)
-        size = batch_size or config.data.eval_batch_size or config.optim.batch_size
+    def measure(net, weights, run_config) -> Tuple[float, List[Dict[str, Any]]]:
+        mean, std = tuple(weights["mean"]), tuple(weights["std"])
         norm = (lambda x: normalize_fn(x, mean, std))
-        amp = config.amp if dev.type == "cuda" else "none"
+        amp = run_config.amp if dev.type == "cuda" else "none"
 
         def clean_batches():
             for start, stop in _slices(int(images.shape[0]), size):
                 yield images[start:stop], labels[start:stop]
-        wrong, total = count_errors(model, clean_batches(), norm, dev, amp)
-        rows = corruption_rows(model, images, labels, items, normalize=norm, device=dev, batch_size=size, seed=seed,
-                               amp=amp, files_root=files_root, num_classes=payload["num_classes"])
-        info = {"data": config.data.name, "split": split or "the run's evaluation set", "count": total,
-                "batch_size": size, "epoch": payload["epoch"]}
-        return _error(wrong, total), rows, info
+        wrong, total = count_errors(net, clean_batches(), norm, dev, amp)
+        rows = corruption_rows(net, images, labels, items, normalize=norm, device=dev, batch_size=size, seed=seed,
+                               amp=amp, files_root=files_root, num_classes=weights["num_classes"])
+        return _error(wrong, total), rows
 
-    clean, rows, info = measure(checkpoint)
+    clean, rows = measure(model, payload, config)
+    info = {"data": config.data.name, "split": split or "the run's evaluation set", "count": int(images.shape[0]),
+            "batch_size": size, "epoch": payload["epoch"]}
     result: Dict[str, Any] = {"checkpoint": str(checkpoint), "corruptions": corruptions,
                               "items": [item.__dict__ for item in items], "seed": seed, **info,
                               "clean_error": clean, "corruption_error": corruption_error(rows), "rows": rows,
                               "defaults": {"noise_std": NOISE_STD, "replace_fraction": REPLACE_FRACTION}}
-    if baseline is not None:
-        base_clean, base_rows, _ = measure(baseline)
+    if base is not None:
+        base_model, base_payload = base
+        base_clean, base_rows = measure(base_model, base_payload, config_from_dict(base_payload["config"]))
         result["baseline"] = {"checkpoint": str(baseline), "clean_error": base_clean,
                               "corruption_error": corruption_error(base_rows), "rows": base_rows}
         result["relative"] = relative_summary(rows, clean, base_rows, base_clean)

@@ -16,12 +16,14 @@ Checksums. The archives' MD5s are those Zenodo lists for the two records (record
 2 918 471 680 bytes, MD5 ``56bf5dcef84df0e2308c6dcbcbbd8499``; record 3555552, ``CIFAR-100-C.tar``,
 2 918 473 216 bytes, MD5 ``11f0ed0f1191edbf9fa23466ae6021d3``); :func:`load_cifar_c` with ``download=True``
 refuses any other bytes. The record lists no checksum per ``.npy`` file, so local files are checked for
-their layout instead (dtype, shape, a multiple of 5 images, labels of the right count and range) —
-a truncated or foreign file raises ``ValueError`` naming it.
+their layout instead (dtype, shape, a multiple of 5 images, labels of the right count and range) — when the
+set is opened, every file, so a truncated or foreign file raises ``ValueError`` naming it before anything is
+evaluated.
 """
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -94,6 +96,10 @@ class CorruptedSet:
             raise ValueError(f"{name}: {labels_path} must hold a 1-d integer array, got {labels.dtype} {labels.shape}")
         found = sorted(p.stem for p in self.folder.glob("*.npy") if p.stem != "labels" and _NAME.match(p.stem))
         if corruptions is not None:
+            if isinstance(corruptions, (str, bytes)) or not all(isinstance(c, str) for c in corruptions):
+                raise TypeError(f"corruptions must be a list of names, e.g. ['fog'], got {corruptions!r}")
+            if len(set(corruptions)) != len(corruptions):
+                raise ValueError(f"corruptions lists a name twice: {list(corruptions)}")
             missing = [c for c in corruptions if c not in found]
             if missing:
                 raise FileNotFoundError(f"{name}: no file for {', '.join(missing)} in {self.folder} "
@@ -109,6 +115,8 @@ class CorruptedSet:
             raise ValueError(f"{name}: {self.corruptions[0]}.npy holds {total} images, not a multiple of "
                              f"{SEVERITIES} severities")
         self.per_severity = total // SEVERITIES
+        if self.per_severity == 0:
+            raise ValueError(f"{name}: {self.corruptions[0]}.npy holds no images")
         if labels.shape[0] == total:
             blocks = labels.reshape(SEVERITIES, self.per_severity)
             if not (blocks == blocks[:1]).all():
@@ -120,6 +128,8 @@ class CorruptedSet:
         if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(f"{name}: labels must lie in [0, {self.num_classes}), got [{labels.min()}, {labels.max()}]")
         self.labels = torch.from_numpy(np.array(labels, dtype=np.int64))
+        for corruption in self.corruptions[1:]:  # every file's header and size now (memory-mapped: no pixels read),
+            self._images_array(corruption)        # not after an evaluation has spent its time on the others
 
     @staticmethod
     def _read(path: Path) -> np.ndarray:
@@ -131,7 +141,8 @@ class CorruptedSet:
 
     def _images_array(self, corruption: str) -> np.ndarray:
         if corruption not in getattr(self, "corruptions", [corruption]):
-            raise KeyError(f"{self.name} has no corruption {corruption!r}; present: {', '.join(self.corruptions)}")
+            raise ValueError(f"corruption must be one of those of {self.name}: {', '.join(self.corruptions)}; "
+                             f"got {corruption!r}")
         path = self.folder / f"{corruption}.npy"
         array = self._read(path)
         if array.dtype != np.uint8 or array.ndim != 4 or array.shape[3] != 3:
@@ -149,7 +160,10 @@ class CorruptedSet:
         if severity is None:
             block = np.array(array)  # a writable in-memory copy of the memory-mapped file
             return torch.from_numpy(block.reshape(SEVERITIES, n, *block.shape[1:])).permute(0, 1, 4, 2, 3).contiguous()
-        if isinstance(severity, bool) or not isinstance(severity, int) or not 1 <= severity <= SEVERITIES:
+        if isinstance(severity, bool) or not isinstance(severity, numbers.Integral):
+            raise TypeError(f"severity must be an int in 1–{SEVERITIES} (or None: all), got {severity!r}")
+        severity = int(severity)
+        if not 1 <= severity <= SEVERITIES:
             raise ValueError(f"severity must be an int in 1–{SEVERITIES}, got {severity!r}")
         block = np.array(array[(severity - 1) * n:severity * n])
         return torch.from_numpy(block).permute(0, 3, 1, 2).contiguous()
@@ -164,6 +178,9 @@ def resolve_corrupted_folder(root: PathLike, spec: CorruptedSpec) -> Path:
     root = Path(root).expanduser()
     for candidate in (root / spec.folder, root):
         if (candidate / "labels.npy").is_file():
+            other = [s.name for s in CORRUPTED_SETS.values() if s is not spec and candidate.name == s.folder]
+            if other:  # CIFAR-10-C/ opened as CIFAR-100-C: its labels would pass the range check
+                raise ValueError(f"{candidate} holds {other[0]}, not {spec.name}")
             return candidate
     raise FileNotFoundError(f"no {spec.name} files under {root}: expected {root / spec.folder} or {root} to hold "
                             f"labels.npy and <corruption>.npy files (pass download=True to fetch the "
