@@ -582,3 +582,24 @@ def test_an_experiments_corruptions_are_checked_when_the_table_is_read():
         Table(name="t", recipe="default", corruptions="nosie,replace", metrics=["corruption_error"])
     with pytest.raises(ValueError, match="experiment t: corruptions.*corruptions-root"):
         Table(name="t", recipe="default", corruptions="cifar100-c", metrics=["corruption_error"])
+
+
+def test_corruption_rows_checks_images_labels_and_seed():
+    """12 labels for 10 images used to be cut silently to the first 10 (8 labels: a shape error deep inside)."""
+    images = torch.randint(0, 256, (10, 3, 8, 8), dtype=torch.uint8)
+    call = dict(normalize=lambda x: x.float(), device=torch.device("cpu"), batch_size=4)
+    items = parse_corruptions("noise")
+    for labels in (torch.zeros(12, dtype=torch.long), torch.zeros(8, dtype=torch.long)):
+        with pytest.raises(ValueError, match="labels.*one label per image"):
+            corruption_rows(MeanRed(), images, labels, items, **call)
+    for labels in (torch.zeros(10), torch.zeros(10, 1, dtype=torch.long), [0] * 10):
+        with pytest.raises(TypeError, match="labels"):
+            corruption_rows(MeanRed(), images, labels, items, **call)
+    with pytest.raises(TypeError, match="images"):
+        corruption_rows(MeanRed(), images.int(), torch.zeros(10, dtype=torch.long), items, **call)
+    with pytest.raises(TypeError, match="seed"):
+        corruption_rows(MeanRed(), images, torch.zeros(10, dtype=torch.long), items, seed=1.5, **call)
+    one = corruption_rows(MeanRed(), images[:1], torch.zeros(1, dtype=torch.long), items, **call)
+    assert one[0]["count"] == 1 and one[0]["error"] in (0.0, 100.0)  # a set of one image: a defined result
+    with pytest.raises(ValueError, match="at least 2 images"):
+        corruption_rows(MeanRed(), images[:1], torch.zeros(1, dtype=torch.long), parse_corruptions("replace"), **call)

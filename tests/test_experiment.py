@@ -213,3 +213,25 @@ def test_cli_experiment_and_plots(tmp_path, capsys):
     assert (tmp_path / "o.png").is_file()
     assert cli.main(["experiment", "no_such_table", "--seeds", "1"]) == 2
     assert "unknown experiment" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seeds, error, word", [([], ValueError, "at least one"), ([0, 0], ValueError, "distinct"),
+                                                ([0, 1.5], TypeError, "seeds"), ([True], TypeError, "seeds")])
+def test_seeds_must_be_distinct_ints_and_not_none(tmp_path, seeds, error, word):
+    """`--seeds 0` used to write an empty results.csv and summary.md over a finished experiment's; a seed listed
+    twice trained two runs into one folder (at once, with jobs)."""
+    from keepmix.experiment import write_results
+    folder = tmp_path / "tiny"
+    write_results(folder / "results.csv", [{"arm": "cutout", "seed": 0, "val_top1": 50.0}])
+    before = (folder / "results.csv").read_text()
+    with pytest.raises(error, match=word):
+        run_experiment(_tiny_table(), seeds, tmp_path, progress=False, train=fake_train, jobs=2)
+    assert (folder / "results.csv").read_text() == before and not (folder / "summary.md").exists()
+
+
+def test_cli_refuses_zero_seeds_and_jobs(capsys):
+    from keepmix import cli
+    for flag in ("--seeds", "--jobs"):
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["experiment", "keepaugment_t2", flag, "0"])
+        assert stop.value.code == 2 and flag in capsys.readouterr().err

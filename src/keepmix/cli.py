@@ -142,11 +142,11 @@ def _add_experiment(sub) -> None:
                                    "results.csv and summary.md (means, 95% intervals, paired differences, the "
                                    "paper's number, a verdict). Finished runs are skipped: rerun to resume.")
     p.add_argument("name", help="the experiment (keepmix list experiments)")
-    p.add_argument("--seeds", type=int, default=5, help="paired seeds 0…N−1 (default 5)")
+    p.add_argument("--seeds", type=_positive_int, default=5, help="paired seeds 0…N−1 (default 5)")
     p.add_argument("--scale", choices=["reduced", "paper"], default="reduced",
                    help="reduced: the table's small protocol for 2 CPU cores (default); paper: as published")
     p.add_argument("--out", default="runs/experiments", help="where the experiment folder goes")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
+    p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
                    help="train N runs at once in worker processes (default 1: in this process); the cores are "
                         "shared out among them")
     p.add_argument("--data-root", help="data folder (overrides the protocol's data.root)")

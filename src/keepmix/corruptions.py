@@ -84,7 +84,8 @@ def gaussian_noise(images: torch.Tensor, std: float = NOISE_STD, generator: Opti
 
     Args:
         images: B×C×H×W uint8 (0–255) or float (0–1; any float dtype).
-        std: σ ≥ 0 on the 0–1 scale (default :data:`NOISE_STD` = 0.1). σ = 0 returns an equal copy.
+        std: σ ≥ 0 on the 0–1 scale (default :data:`NOISE_STD` = 0.1). σ = 0 returns an equal copy of a
+            batch on the pixel scale (``clip`` still clamps float values outside [0, 1]).
         generator: optional ``torch.Generator``.
         clip: clamp float results to [0, 1] (uint8 results are always clamped to 0–255).
 

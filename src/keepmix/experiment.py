@@ -34,6 +34,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import numbers
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +214,13 @@ def run_experiment(table: Table, seeds: Sequence[int], out: Path, *, scale: str 
         raise TypeError(f"jobs must be an int, got {type(jobs).__name__}")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    seeds = list(seeds)
+    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in seeds):
+        raise TypeError(f"seeds must be ints, got {seeds}")
+    if not seeds:  # an empty grid would overwrite results.csv and summary.md with nothing
+        raise ValueError("seeds must list at least one seed, got none")
+    if len(set(seeds)) != len(seeds):  # two runs would train into one folder (at once, with jobs)
+        raise ValueError(f"seeds must be distinct, got {seeds}")
     if table.corruptions:  # the optional package of ImageNet-C items: before any run trains
         from .robustness import parse_corruptions
         if any(item.kind == "imagenet_c" for item in parse_corruptions(table.corruptions)):

@@ -48,6 +48,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import numbers
 import re
 import zlib
 from dataclasses import dataclass
@@ -197,6 +198,18 @@ def corruption_rows(model: torch.nn.Module, images: torch.Tensor, labels: torch.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise TypeError(f"images must be an N×C×H×W tensor, got {getattr(images, 'shape', type(images).__name__)}")
+    if images.dtype != torch.uint8 and not images.is_floating_point():
+        raise TypeError(f"images must be uint8 (0–255) or floating point (0–1), got {images.dtype}")
+    if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.is_floating_point() \
+            or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be a 1-d integer tensor, got "
+                        f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}")
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"labels must hold one label per image ({images.shape[0]}), got {labels.shape[0]}")
     rows: List[Dict[str, Any]] = []
     levels: Dict[str, List[float]] = {}
     for item in items:
