@@ -235,3 +235,29 @@ def test_cli_refuses_zero_seeds_and_jobs(capsys):
         with pytest.raises(SystemExit) as stop:
             cli.main(["experiment", "keepaugment_t2", flag, "0"])
         assert stop.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_plot_sweep_reads_exponent_values_and_refuses_broken_results_in_one_line(tmp_path, capsys):
+    """A results.csv without val_top1 used to end in a KeyError traceback, an empty or foreign cell in a bare
+    'could not convert string to float'; arms like lr_1e-3 were taken for baselines; a missing file or folder
+    printed 'error: …' with exit code 1."""
+    from keepmix import cli
+    from keepmix.viz import read_results, sweep_baselines, sweep_groups
+    rows = [{"arm": "lr_1e-3", "val_top1": 50.0}, {"arm": "lr_2.5E-2", "val_top1": 60.0},
+            {"arm": "tau_.5", "val_top1": 55.0}, {"arm": "base", "val_top1": 40.0}]
+    assert sorted(sweep_groups(rows)["lr"]) == [1e-3, 2.5e-2] and sorted(sweep_groups(rows)["tau"]) == [0.5]
+    assert sweep_baselines(rows) == {"base": [40.0]}
+    cases = {"no_accuracy.csv": ("arm,seed,acc\ncutout_8,0,50\n", "cutout_8.*val_top1"),
+             "empty_cell.csv": ("arm,seed,val_top1\ncutout_8,0,\ncutout_16,0,60\n", "cutout_8.*seed 0\\b"),
+             "foreign_cell.csv": ("arm,seed,val_top1\ncutout_8,x,50\n", "line 2.*'seed'.*'x'"),
+             "no_arm.csv": ("name,val_top1\ncutout_8,50\n", "no 'arm' column")}
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=message):
+            sweep_groups(read_results(tmp_path / name))
+        capsys.readouterr()
+        assert cli.main(["plot", "--sweep", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("keepmix plot: error:") and "Traceback" not in err and err.count("\n") == 1
+    for argv in (["plot", "--sweep", str(tmp_path)], ["plot", str(tmp_path / "missing")], ["plot"]):
+        assert cli.main(argv) == 2 and capsys.readouterr().err.startswith("keepmix plot: error:")

@@ -458,26 +458,26 @@ def cmd_plot(args) -> int:
     if args.sweep or args.overhead:
         source = Path(args.sweep or args.overhead)
         if not source.is_file():
-            raise SystemExit(f"error: no results.csv at {source}")
+            raise FileNotFoundError(f"no results.csv at {source}")
         out = Path(args.out) if args.out else source.with_name("sweep.png" if args.sweep else "overhead.png")
         if args.sweep:
             plot_sweep(read_results(source), out, parameter=args.parameter, unit=args.unit, title=source.parent.name)
         else:
             if not args.overheads:
-                raise SystemExit("error: --overhead needs --overheads CSV (arm,overhead_percent)")
+                raise ValueError("--overhead needs --overheads CSV (arm,overhead_percent)")
             with open(args.overheads, newline="", encoding="utf-8") as handle:
                 overheads = {row["arm"]: float(row["overhead_percent"]) for row in csv.DictReader(handle)}
             plot_overhead(read_results(source), overheads, out, title=source.parent.name)
         print(f"wrote {out}")
         return 0
     if not args.runs:
-        raise SystemExit("error: give run folders, or --sweep / --overhead with an experiment's results.csv")
+        raise ValueError("give run folders, or --sweep / --overhead with an experiment's results.csv")
     folders, tables = [], []
     for item in args.runs:
         path = Path(item)
         csv_path = path / "metrics.csv" if path.is_dir() else path
         if not csv_path.is_file():
-            raise SystemExit(f"error: no metrics.csv at {csv_path}")
+            raise FileNotFoundError(f"no metrics.csv at {csv_path}")
         folders.append(csv_path.parent)
         tables.append(read_metrics(csv_path))
     labels = _run_labels(folders)

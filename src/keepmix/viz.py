@@ -210,13 +210,48 @@ def _mean_ci(values: Sequence[float]) -> Tuple[float, float]:
 
 
 def read_results(path: PathLike) -> List[Dict[str, object]]:
-    """The rows of an experiment's ``results.csv`` (numbers as floats)."""
+    """The rows of an experiment's ``results.csv`` (numbers as floats; empty cells stay ``""``).
+
+    Raises:
+        ValueError: no ``arm`` column, or a cell that is not a number (naming its line and column).
+    """
     rows = []
     with open(path, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            rows.append({k: (float(v) if k not in ("arm", "run_dir") and v not in ("", None) else v)
-                         for k, v in row.items()})
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is not None and "arm" not in reader.fieldnames:
+            raise ValueError(f"{path} is not an experiment's results.csv: no 'arm' column "
+                             f"(columns: {', '.join(reader.fieldnames)})")
+        for row in reader:
+            out: Dict[str, object] = {}
+            for key, value in row.items():
+                if key in ("arm", "run_dir") or value in ("", None):
+                    out[key] = value
+                    continue
+                try:
+                    out[key] = float(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{path} line {reader.line_num}: column {key!r} of arm {row.get('arm')!r} "
+                                     f"must be a number, got {value!r}") from None
+            rows.append(out)
     return rows
+
+
+#: ``<method>_<number>``: the trailing number (an int, a decimal or an exponent: 16, 0.6, 1e-3) is the x value
+_SWEEP_ARM = r"(.+)_(-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)"
+
+
+def _test_accuracy(row: Mapping[str, object]) -> float:
+    """A row's ``val_top1`` as a float; ValueError naming the arm when it is missing or not a number."""
+    value = row.get("val_top1")
+    try:
+        if value in (None, ""):
+            raise ValueError
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        seed = row.get("seed")
+        seed = int(seed) if isinstance(seed, float) and seed.is_integer() else seed
+        raise ValueError(f"arm {row.get('arm')!r} (seed {seed}) has no test accuracy (val_top1), "
+                         f"got {value!r}") from None
 
 
 def sweep_groups(results: Sequence[Mapping[str, object]]) -> Dict[str, Dict[float, Dict[str, List[float]]]]:
@@ -224,11 +259,11 @@ def sweep_groups(results: Sequence[Mapping[str, object]]) -> Dict[str, Dict[floa
     import re as _re
     groups: Dict[str, Dict[float, Dict[str, List[float]]]] = {}
     for row in results:
-        match = _re.fullmatch(r"(.+)_(-?\d+(?:\.\d+)?)", str(row["arm"]))
+        match = _re.fullmatch(_SWEEP_ARM, str(row["arm"]))
         if not match:
             continue
         cell = groups.setdefault(match.group(1), {}).setdefault(float(match.group(2)), {"test": [], "train": []})
-        cell["test"].append(float(row["val_top1"]))
+        cell["test"].append(_test_accuracy(row))
         if row.get("train_top1") not in (None, ""):
             cell["train"].append(float(row["train_top1"]))
     return groups
@@ -274,8 +309,8 @@ def sweep_baselines(results: Sequence[Mapping[str, object]]) -> Dict[str, List[f
     import re as _re
     baselines: Dict[str, List[float]] = {}
     for row in results:
-        if not _re.fullmatch(r"(.+)_(-?\d+(?:\.\d+)?)", str(row["arm"])):
-            baselines.setdefault(str(row["arm"]), []).append(float(row["val_top1"]))
+        if not _re.fullmatch(_SWEEP_ARM, str(row["arm"])):
+            baselines.setdefault(str(row["arm"]), []).append(_test_accuracy(row))
     return baselines
 
 
