@@ -377,7 +377,7 @@ def test_parse_corruptions():
                       ("noise=-1", "σ"), ("fog=7", "severity"), ("noise,noise", "twice"), ("cifar10-c=1", "no value"),
                       # a file set's rows would share names (fog, gaussian_noise) with ImageNet-C types or the other set
                       ("cifar100-c,fog=2", "separate"), ("cifar10-c,imagenet-c", "separate"),
-                      ("cifar10-c,cifar100-c", "separate")]:
+                      ("cifar10-c,cifar100-c", "separate"), ("noise=", "no value after"), ("fog= ", "no value after")]:
         with pytest.raises(ValueError, match=word):
             parse_corruptions(bad)
 

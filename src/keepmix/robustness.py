@@ -80,8 +80,10 @@ def parse_corruptions(spec: str) -> List[Item]:
         text = raw.strip()
         if not text:
             raise ValueError(f"--corruptions has an empty item in {spec!r}")
-        name, _, value_text = text.partition("=")
+        name, equals, value_text = text.partition("=")
         name = name.strip().lower()
+        if equals and not value_text.strip():  # 'noise=' is a typo, not the default strength
+            raise ValueError(f"--corruptions item {text!r}: no value after '=' (leave out '=' for the default)")
         if name not in FILE_SETS + ("imagenet-c",):
             name = name.replace("-", "_")  # jpeg-compression → jpeg_compression
         value: Optional[float] = None
