@@ -198,6 +198,31 @@ def test_imagenet_c_checks_arguments_before_needing_the_package():
         imagenet_c(x, "not_a_corruption", 1)
     with pytest.raises(TypeError, match="severity"):
         imagenet_c(x, "fog", 1.5)
+    # the seed goes to numpy.random.seed: its range, named (1.5 was truncated, -1 a bare NumPy message)
+    for seed, error in ((1.5, TypeError), ("a", TypeError), (True, TypeError), (-1, ValueError), (2 ** 32, ValueError)):
+        with pytest.raises(error, match="seed"):
+            imagenet_c(x, "fog", 1, seed=seed)
+
+
+def test_imagenet_c_glue_with_a_stand_in_package(monkeypatch):
+    """Without the optional package: a stand-in ``imagecorruptions`` that returns float64 values beyond 0–255
+    and a larger image, as some of the real corruptions do; the glue quantises, clips, crops and seeds."""
+    import types
+    calls = []
+
+    def corrupt(image, corruption_name, severity):
+        calls.append((image.shape, image.dtype, corruption_name, severity))
+        grown = np.pad(image.astype(np.float64), ((0, 2), (0, 2), (0, 0)))
+        return grown + np.random.uniform(-300.0, 300.0, grown.shape)
+    monkeypatch.setitem(sys.modules, "imagecorruptions", types.SimpleNamespace(corrupt=corrupt))
+    x = torch.rand(3, 3, 8, 6)
+    out = imagenet_c(x, "fog", np.int64(2), seed=7)
+    assert out.dtype == torch.float32 and out.shape == x.shape and 0 <= out.min() and out.max() <= 1
+    assert calls[-1] == ((8, 6, 3), np.dtype(np.uint8), "fog", 2) and len(calls) == 3
+    assert torch.equal(out, imagenet_c(x, "fog", 2, seed=7))                    # seeded
+    assert imagenet_c(x.half(), "fog", 2, seed=7).dtype == torch.float16
+    assert imagenet_c((x * 255).to(torch.uint8), "fog", 5).dtype == torch.uint8
+    assert imagenet_c(x.transpose(2, 3), "fog", 1).shape == (3, 3, 6, 8)          # non-contiguous
 
 
 # --------------------------------------------------------------------------- CIFAR-C files, written here

@@ -213,7 +213,8 @@ def imagenet_c(images: torch.Tensor, corruption: str, severity: int = 1, *, seed
             works on 8-bit images.
         corruption: one of :data:`IMAGENET_C_TYPES`.
         severity: 1–5.
-        seed: ``numpy.random.seed(seed)`` before the batch (``None`` leaves NumPy's state as it is).
+        seed: ``numpy.random.seed(seed)`` before the batch, an int in [0, 2³²) (``None`` leaves NumPy's state
+            as it is).
 
     Returns:
         The corrupted batch, same dtype, device and shape (float results on the 0–1 scale).
@@ -229,6 +230,11 @@ def imagenet_c(images: torch.Tensor, corruption: str, severity: int = 1, *, seed
         raise TypeError(f"severity must be an int in 1–5, got {severity!r}")
     if not 1 <= int(severity) <= 5:
         raise ValueError(f"severity must be in 1–5, got {severity}")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be an int in [0, 2**32) or None, got {seed!r}")
+        if not 0 <= int(seed) < 2 ** 32:  # numpy.random.seed's range
+            raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     package = _imagecorruptions()
     import numpy as np
     if seed is not None:
