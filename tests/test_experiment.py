@@ -261,3 +261,28 @@ def test_plot_sweep_reads_exponent_values_and_refuses_broken_results_in_one_line
         assert err.startswith("keepmix plot: error:") and "Traceback" not in err and err.count("\n") == 1
     for argv in (["plot", "--sweep", str(tmp_path)], ["plot", str(tmp_path / "missing")], ["plot"]):
         assert cli.main(argv) == 2 and capsys.readouterr().err.startswith("keepmix plot: error:")
+
+
+def test_a_rerun_measures_again_the_rows_of_another_corruption_spec(tmp_path, monkeypatch):
+    """Editing a table's corruptions: SPEC used to leave the finished runs' corruption errors those of the old
+    SPEC (the rerun skipped every run that had one)."""
+    import keepmix.robustness as robustness
+    evaluated = []
+
+    def fake_evaluate(folder, spec, **kwargs):
+        evaluated.append((folder.parent.name, spec))
+        return {"clean_error": 10.0, "corruption_error": 20.0 if spec == "noise" else 30.0}
+    monkeypatch.setattr(robustness, "evaluate_run", fake_evaluate)
+    table = _tiny_table()
+    table.corruptions, table.metrics = "noise", ["corruption_error"]
+    rows = run_experiment(table, [0], tmp_path, progress=False, train=fake_train)
+    assert [r["corruption_error"] for r in rows] == [20.0, 20.0] and len(evaluated) == 2
+    assert run_experiment(table, [0], tmp_path, progress=False, train=fake_train) == rows and len(evaluated) == 2
+    table.corruptions = "noise,replace"
+
+    def refuse(config, folder):
+        raise AssertionError("trained again")
+    rows = run_experiment(table, [0], tmp_path, progress=False, train=refuse)
+    assert [r["corruption_error"] for r in rows] == [30.0, 30.0]
+    assert evaluated[2:] == [("cutout", "noise,replace"), ("keep_cutout", "noise,replace")]
+    assert "corruption_error" in (tmp_path / "tiny" / "results.csv").read_text().splitlines()[0]

@@ -238,7 +238,8 @@ def run_experiment(table: Table, seeds: Sequence[int], out: Path, *, scale: str 
             row = json.loads(done.read_text(encoding="utf-8"))
             if row.get("train_top1") is None:  # a run recorded before the field existed
                 row["train_top1"] = _last_train_accuracy(folder / "metrics.csv")
-            if table.corruptions and row.get("corruption_error") is None:  # trained before its corruption eval
+            if table.corruptions and (row.get("corruption_error") is None  # trained before its corruption eval
+                                      or row.get("corruptions") != table.corruptions):  # or under another SPEC
                 row = _record(arm, seed, folder, _with_corruptions(table, folder, row))
             rows[position] = row
         else:
@@ -301,7 +302,7 @@ def _worker_threads(threads: int) -> None:
 def _record(arm: str, seed: int, folder: Path, summary: Dict[str, Any]) -> Dict[str, Any]:
     """One finished run's row, written atomically to its ``result.json`` (what resume skips on)."""
     row = {"arm": arm, "seed": seed, **{k: summary.get(k) for k in RESULT_FIELDS[2:-1]}, "run_dir": str(folder),
-           **{k: summary[k] for k in CORRUPTION_FIELDS if summary.get(k) is not None}}
+           **{k: summary[k] for k in CORRUPTION_FIELDS + ["corruptions"] if summary.get(k) is not None}}
     if row.get("train_top1") is None:
         row["train_top1"] = _last_train_accuracy(summary.get("metrics"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -313,12 +314,14 @@ def _record(arm: str, seed: int, folder: Path, summary: Dict[str, Any]) -> Dict[
 
 
 def _with_corruptions(table: Table, folder: Path, summary: Dict[str, Any]) -> Dict[str, Any]:
-    """``summary`` plus the run's clean and corruption errors when the table has ``corruptions``."""
+    """``summary`` plus the run's clean and corruption errors when the table has ``corruptions``, and the SPEC
+    they were measured under (a row measured under another SPEC is measured again on the rerun)."""
     if not table.corruptions:
         return summary
     from .robustness import evaluate_run
     result = evaluate_run(folder, table.corruptions, device="cpu", seed=0)
-    return {**summary, "clean_error": result["clean_error"], "corruption_error": result["corruption_error"]}
+    return {**summary, "clean_error": result["clean_error"], "corruption_error": result["corruption_error"],
+            "corruptions": table.corruptions}
 
 
 def _last_train_accuracy(metrics) -> Optional[float]:
