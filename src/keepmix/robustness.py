@@ -34,7 +34,10 @@ other set's).
   the **mCE** and the **relative mCE** of Hendrycks & Dietterich (ICLR 2019, §4), used by AugMix (Hendrycks
   et al., ICLR 2020), with the baseline run in AlexNet's place. A corruption whose baseline denominator is
   ≤ 0 (the baseline not degraded by it) has no relative CE (``null``); the means are over the others and
-  say how many they cover.
+  say how many they cover. ``E_clean`` is measured on the run's evaluation set (``--split`` for another):
+  with the published files, whose images are the whole test split corrupted, pass ``--split test`` so the
+  relative CE compares errors on the same images (a run evaluated on a held-out part or an ``eval_size``
+  subset would otherwise mix two sets).
 
 On-the-fly corruptions are seeded (``--corruption-seed``, default 0): item k draws from a CPU
 ``torch.Generator`` seeded with ``derive_seed(seed, crc32(name), round(value·10⁶))``, so an item's images do
