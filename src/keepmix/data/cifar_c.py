@@ -98,8 +98,9 @@ class CorruptedSet:
         if corruptions is not None:
             if isinstance(corruptions, (str, bytes)) or not all(isinstance(c, str) for c in corruptions):
                 raise TypeError(f"corruptions must be a list of names, e.g. ['fog'], got {corruptions!r}")
-            if len(set(corruptions)) != len(corruptions):
-                raise ValueError(f"corruptions lists a name twice: {list(corruptions)}")
+            if len(set(corruptions)) != len(corruptions) or not corruptions:
+                raise ValueError(f"corruptions must list distinct names, at least one (or be None: all present), "
+                                 f"got {list(corruptions)}")
             missing = [c for c in corruptions if c not in found]
             if missing:
                 raise FileNotFoundError(f"{name}: no file for {', '.join(missing)} in {self.folder} "
