@@ -397,7 +397,7 @@ def test_parse_corruptions():
                      Item("files", "cifar100-c")]
     assert parse_corruptions("noise,fog=2") == [Item("noise", "noise", 0.1), Item("imagenet_c", "fog", 2.0)]
     assert len(parse_corruptions("imagenet-c")) == 75 and len(parse_corruptions("jpeg-compression")) == 5
-    assert spec_tag(items) == "noise-replace-cifar100-c"
+    assert spec_tag(items).startswith("noise-replace-cifar100-c-")   # non-default strengths: + a CRC of the SPEC
     for bad, word in [("", "corruption"), ("nois", "noise"), ("noise=x", "number"), ("replace=2", "share"),
                       ("noise=-1", "σ"), ("fog=7", "severity"), ("noise,noise", "twice"), ("cifar10-c=1", "no value"),
                       # a file set's rows would share names (fog, gaussian_noise) with ImageNet-C types or the other set
@@ -629,3 +629,11 @@ def test_corruption_rows_checks_images_labels_and_seed():
     assert one[0]["count"] == 1 and one[0]["error"] in (0.0, 100.0)  # a set of one image: a defined result
     with pytest.raises(ValueError, match="at least 2 images"):
         corruption_rows(MeanRed(), images[:1], torch.zeros(1, dtype=torch.long), parse_corruptions("replace"), **call)
+
+
+def test_spec_tags_differ_for_other_strengths_and_stay_readable_at_the_defaults():
+    from keepmix.robustness import parse_corruptions, spec_tag
+    assert spec_tag(parse_corruptions("noise,replace")) == "noise-replace"
+    weak, strong = spec_tag(parse_corruptions("noise=0.05")), spec_tag(parse_corruptions("noise=0.2"))
+    assert weak != strong and weak.startswith("noise-") and strong.startswith("noise-")
+    assert spec_tag(parse_corruptions("noise=0.05")) == weak                       # deterministic

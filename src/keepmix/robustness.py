@@ -136,12 +136,19 @@ def parse_corruptions(spec: str) -> List[Item]:
 
 
 def spec_tag(items: Sequence[Item]) -> str:
-    """File-name tag of a SPEC: its distinct names joined by '-' (``noise-replace``, ``cifar100-c``)."""
+    """File-name tag of a SPEC: its distinct names joined by '-' (``noise-replace``, ``cifar100-c``), plus a
+    CRC-32 of the items and values when a strength is not the default (``noise-1c2d3e4f`` for ``noise=0.2``),
+    so that evaluations at other strengths do not overwrite each other's files."""
     names: List[str] = []
     for item in items:
         if item.name not in names:
             names.append(item.name)
     tag = "-".join(names) if len(names) <= 4 else f"{names[0]}-and-{len(names) - 1}-more"
+    defaults = all(item.value is None or (item.name in ON_THE_FLY and item.value == ON_THE_FLY[item.name][2])
+                   for item in items if item.kind != "imagenet_c")
+    if not defaults or len(names) > 4:  # other strengths (or a long list) write their own files
+        canonical = ",".join(f"{item.name}={item.value!r}" for item in items)
+        tag += f"-{zlib.crc32(canonical.encode()):08x}"
     return re.sub(r"[^A-Za-z0-9_.-]", "_", tag)
 
 
