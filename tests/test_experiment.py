@@ -39,7 +39,11 @@ def test_verdicts():
     assert verdict(holds, -0.5) == "contradicted"
     assert verdict(Interval.of([1.0, -1.0, 0.5]), 0.5) == "inconclusive"
     assert verdict(Interval.of([1.0]), 0.5) == "inconclusive (one seed)"
-    assert verdict(holds, None) == "holds"                             # no paper number: a positive effect
+    assert verdict(holds, None) == "a better"                          # no paper number: no claim, a direction
+    assert verdict(Interval.of([-1.0, -1.2, -0.9]), None) == "b better"
+    assert verdict(Interval.of([-1.0, -1.2, -0.9]), None, lower_is_better=True) == "a better"
+    # the reported case: two seeds with the same difference gave a zero-width interval and "holds"
+    assert verdict(Interval.of([0.17, 0.17]), 0.5) == "inconclusive (no spread over seeds)"
 
 
 def _tiny_table():
@@ -286,3 +290,39 @@ def test_a_rerun_measures_again_the_rows_of_another_corruption_spec(tmp_path, mo
     assert [r["corruption_error"] for r in rows] == [30.0, 30.0]
     assert evaluated[2:] == [("cutout", "noise,replace"), ("keep_cutout", "noise,replace")]
     assert "corruption_error" in (tmp_path / "tiny" / "results.csv").read_text().splitlines()[0]
+
+
+def test_a_grid_with_other_settings_does_not_reuse_finished_runs(tmp_path):
+    """The reported case: rerunning with --set optim.epochs=2 into the folder of an epochs=1 grid reused the
+    epochs=1 results silently. A finished run whose config.yaml differs is now refused, naming the field."""
+    import json
+    import yaml
+    from keepmix.recipes import config_to_dict
+    table = _tiny_table()
+    grid = plan(table, [0])
+    for arm, seed, config in grid:                     # a finished epochs=1 grid, as Trainer leaves it
+        folder = tmp_path / "tiny" / arm / f"seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config)))
+        (folder / "result.json").write_text(json.dumps({"arm": arm, "seed": seed, "val_top1": 50.0}))
+    rows = run_experiment(table, [0], tmp_path, progress=False, train=fake_train)   # same settings: reused
+    assert [r["val_top1"] for r in rows] == [50.0, 50.0]
+    with pytest.raises(ValueError, match="optim.epochs"):
+        run_experiment(table, [0], tmp_path, progress=False, train=fake_train, overrides=["optim.epochs=2"])
+    # where the data lives is not a setting
+    again = run_experiment(table, [0], tmp_path, progress=False, train=fake_train, overrides=["data.root=/elsewhere"])
+    assert again == rows
+
+
+def test_the_summary_lists_overrides_that_change_the_protocol(tmp_path):
+    run_experiment(_tiny_table(), [0], tmp_path, progress=False, train=fake_train,
+                   overrides=["optim.epochs=2", "data.root=/data"])
+    summary = (tmp_path / "tiny" / "summary.md").read_text()
+    assert "**Overrides**" in summary and "`optim.epochs=2`" in summary and "data.root" not in summary
+
+
+def test_cli_options_are_not_abbreviated(capsys):
+    from keepmix.cli import main
+    with pytest.raises(SystemExit):
+        main(["experiment", "keepaugment_t2", "--data", "somewhere"])   # was read as --data-root
+    assert "unrecognized arguments: --data" in capsys.readouterr().err

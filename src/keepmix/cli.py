@@ -175,7 +175,8 @@ def _add_list(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="keepmix", description="Saliency-guided data augmentation: "
+    parser = argparse.ArgumentParser(prog="keepmix", allow_abbrev=False,
+                                     description="Saliency-guided data augmentation: "
                                      "train, evaluate and inspect KeepAugment and GuidedMixup recipes.",
                                      epilog="Start with 'keepmix train' (the default comparison on embedded data); "
                                             "'keepmix COMMAND --help' describes each command.")
@@ -183,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_train, _add_eval, _add_show, _add_bench, _add_experiment, _add_plot, _add_list):
         add(sub)
+    for command in sub.choices.values():  # '--data' must not be taken for '--data-root' (experiment has no --data)
+        command.allow_abbrev = False
     return parser
 
 

@@ -12,7 +12,10 @@ Writes under ``OUT/NAME/``:
 * ``summary.md`` — per arm n, mean, standard deviation and the 95 % t-interval of the mean; per
   comparison the paired difference with its 95 % t-interval, the paper's difference for the same
   cell, and a verdict: **holds** (the interval excludes 0 on the paper's side), **contradicted**
-  (it excludes 0 on the other side) or **inconclusive** (it contains 0, or there is one seed).
+  (it excludes 0 on the other side) or **inconclusive** (it contains 0, there is one seed, or every
+  seed gave the same difference); without a paper number, **a better** / **b better** / inconclusive.
+  Overrides given with ``--set`` are listed under the protocol. Rerunning a grid with other settings
+  into the same folder is refused (a finished run would otherwise be reused as the new one).
 
 The tables, their comparisons, the papers' numbers and the reduced protocols are in
 ``recipes/_experiments.yaml``. ``scale="reduced"`` applies a table's ``reduced`` overrides (a small
@@ -87,17 +90,22 @@ class Interval:
 def verdict(interval: Interval, paper_difference: Optional[float], *, lower_is_better: bool = False) -> str:
     """holds / contradicted / inconclusive for a paired difference against the paper's sign.
 
-    Without a paper difference the expected side is "a better than b": positive for accuracies, negative
-    for errors (``lower_is_better``).
+    Without a paper difference there is no claim: the verdict says which arm the interval favours ("a
+    better" / "b better": higher accuracy, or lower error with ``lower_is_better``) or "inconclusive" — so a
+    null control that beats its baseline reads as what it is, not as a claim that "holds". A zero-width
+    interval (every seed the same difference, possible with few seeds and coarse accuracies) is
+    inconclusive.
     """
     if interval.n < 2 or math.isnan(interval.low):
         return "inconclusive (one seed)"
+    if interval.sd == 0.0:  # every seed gave the same difference: a zero-width interval is no evidence
+        return "inconclusive (no spread over seeds)"
     if interval.low <= 0.0 <= interval.high:
         return "inconclusive"
-    if paper_difference is None:
-        sign = -1.0 if lower_is_better else 1.0
-    else:
-        sign = 1.0 if paper_difference >= 0 else -1.0
+    if paper_difference is None:  # no claim to hold: name the direction the interval shows
+        better = (interval.low > 0) != lower_is_better
+        return "a better" if better else "b better"
+    sign = 1.0 if paper_difference >= 0 else -1.0
     agrees = (interval.low > 0) == (sign > 0)
     return "holds" if agrees else "contradicted"
 
@@ -230,6 +238,8 @@ def run_experiment(table: Table, seeds: Sequence[int], out: Path, *, scale: str 
     grid = plan(table, seeds, scale, overrides)
     train = train or _train_one
     cells = [(arm, seed, config, out / arm / f"seed{seed}") for arm, seed, config in grid]
+    for _, _, config, folder in cells:  # a finished or started run must be the run this grid asks for
+        _check_same_run(folder, config)
     rows: Dict[int, Dict[str, Any]] = {}
     todo = []
     for position, (arm, seed, config, folder) in enumerate(cells):
@@ -289,8 +299,30 @@ def run_experiment(table: Table, seeds: Sequence[int], out: Path, *, scale: str 
         bar.close()
     ordered = [rows[p] for p in sorted(rows)]
     write_results(out / "results.csv", ordered)
-    (out / "summary.md").write_text(summarize(table, ordered, scale, seeds), encoding="utf-8")
+    (out / "summary.md").write_text(summarize(table, ordered, scale, seeds, overrides), encoding="utf-8")
     return ordered
+
+
+def _check_same_run(folder: Path, config) -> None:
+    """Refuse to reuse a run folder trained with other settings (``--set`` changed since it ran).
+
+    Compares the folder's ``config.yaml`` with the grid's config by
+    :func:`keepmix.train.config_differences` (runtime fields such as ``data.root`` may differ). A folder
+    without ``config.yaml`` (not started, or a stand-in ``train``) passes.
+    """
+    saved = folder / "config.yaml"
+    if not saved.is_file():
+        return
+    from .recipes import config_from_dict
+    from .train import config_differences
+    with open(saved, encoding="utf-8") as handle:
+        previous = config_from_dict(yaml.safe_load(handle) or {})
+    changed = config_differences(previous, config)
+    if changed:
+        shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+        raise ValueError(f"{folder} was trained with other settings ({shown} differ from this grid's); its "
+                         "result would be reused as if it were this run's. Write the grid elsewhere (--out) or "
+                         "delete that folder to retrain it")
 
 
 def _worker_threads(threads: int) -> None:
@@ -379,12 +411,18 @@ def paired(rows: Sequence[Dict[str, Any]], a: str, b: str, metric: str = "val_to
     return [arms[a][s] - arms[b][s] for s in common]
 
 
-def summarize(table: Table, rows: Sequence[Dict[str, Any]], scale: str, seeds: Sequence[int]) -> str:
+def summarize(table: Table, rows: Sequence[Dict[str, Any]], scale: str, seeds: Sequence[int],
+              overrides: Sequence[str] = ()) -> str:
     """The Markdown summary: the protocol, per-arm intervals, paired comparisons with verdicts."""
     lines = [f"# {table.name}", "", table.description, "",
              f"Recipe `{table.recipe}`, scale **{scale}**, seeds {', '.join(map(str, seeds))} (arms paired by seed)."]
     if scale == "reduced" and table.reduced_note:
         lines += ["", f"Reduced protocol: {table.reduced_note}"]
+    runtime = {"data.root"}  # where the data lives does not change the protocol
+    changed = [o for o in overrides if o.split("=", 1)[0].strip() not in runtime]
+    if changed:
+        lines += ["", "**Overrides** (applied on top of the protocol above, which they change): "
+                  + ", ".join(f"`{o}`" for o in changed)]
     if table.corruptions:
         lines += ["", f"Corruptions: `{table.corruptions}` (keepmix eval --corruptions; seed 0, on each run's "
                       "evaluation set; corruption error = mean over corruptions of the top-1 error, %)."]
@@ -418,7 +456,8 @@ def summarize(table: Table, rows: Sequence[Dict[str, Any]], scale: str, seeds: S
                              f"{verdict(iv, expected, lower_is_better=lower)} |")
     lines += ["", "Intervals: mean ± t₀.₉₇₅,ₙ₋₁·sd/√n over seeds (Student's t). Verdict: *holds* when the paired "
               "interval excludes 0 on the paper's side, *contradicted* when it excludes 0 on the other side, "
-              "*inconclusive* otherwise.", ""]
+              "*inconclusive* otherwise (also with one seed, or when every seed gave the same difference); "
+              "without a paper number, *a better* / *b better* name the arm the interval favours.", ""]
     return "\n".join(lines)
 
 
