@@ -341,12 +341,12 @@ def format_table(rows: Sequence[Dict[str, Any]], clean: float, result: Dict[str,
     values: Dict[str, List[Any]] = {}
     for row in rows:
         values.setdefault(row["corruption"], []).append(row["value"])
-    width = max(5, max(len(c) for c in by))
+    width = max(len("corruption"), max(len(c) for c in by))
     most = max(len(v) for v in by.values())
     head = f"{'corruption':<{width}}  " + "  ".join(f"{'s' + str(s):>6}" for s in range(1, most + 1)) + "    mean"
     relative = result.get("relative")
     if relative:
-        head += "   CE/base  rel.CE"
+        head += f"  {'CE/base':>7}  {'rel.CE':>7}"
     lines = [head]
     for c, errors in by.items():
         label = c
@@ -354,21 +354,24 @@ def format_table(rows: Sequence[Dict[str, Any]], clean: float, result: Dict[str,
         line = f"{label:<{width}}  {cells}  {sum(errors) / len(errors):6.2f}"
         if relative:
             entry = relative["per_corruption"][c]
-            line += "   " + ("     –" if entry["ce"] is None else f"{entry['ce']:6.1f}") + \
-                    "  " + ("     –" if entry["relative_ce"] is None else f"{entry['relative_ce']:6.1f}")
+            line += "  " + (f"{'–':>7}" if entry["ce"] is None else f"{entry['ce']:7.1f}") + \
+                    "  " + (f"{'–':>7}" if entry["relative_ce"] is None else f"{entry['relative_ce']:7.1f}")
         lines.append(line)
     for c, vals in values.items():
         if vals[0] is not None:
             lines.append(f"  {c}: levels s1… = {', '.join(f'{v:g}' for v in vals)}"
                          f" ({'σ, 0–1 scale' if c == 'noise' else 'replaced share' if c == 'replace' else 'severity'})")
-    lines.append(f"clean error {clean:.2f} %   corruption error (mean over {len(by)} corruptions of the mean over "
+    plural = "corruption" if len(by) == 1 else "corruptions"
+    lines.append(f"clean error {clean:.2f} %   corruption error (mean over {len(by)} {plural} of the mean over "
                  f"severities) {result['corruption_error']:.2f} %")
     if relative:
         mce = "–" if relative["mce"] is None else f"{relative['mce']:.1f} %"
         rel = "–" if relative["relative_mce"] is None else f"{relative['relative_mce']:.1f} %"
         lines.append(f"against the baseline (clean error {result['baseline']['clean_error']:.2f} %, corruption error "
                      f"{result['baseline']['corruption_error']:.2f} %): mCE {mce} over {relative['mce_count']}, "
-                     f"relative mCE {rel} over {relative['relative_count']} corruptions")
+                     f"relative mCE {rel} over {relative['relative_count']} corruptions"
+                     + (" (none raised the baseline's error above its clean error, so relative CE is undefined)"
+                        if relative["relative_count"] == 0 else ""))
     return "\n".join(lines)
 
 
