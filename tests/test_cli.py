@@ -357,3 +357,25 @@ def test_data_set_names_use_underscores_and_accept_dashes():
     assert load_dataset("salient-shapes", split="test", n_per_class=2).name == "salient_shapes"
     # the dashed spelling is the same data set: the recipe's data.kwargs are kept
     assert load_recipe("default", ["data.name=salient-shapes"]).data.kwargs == load_recipe("default").data.kwargs
+
+
+def test_an_unknown_arm_is_named_with_a_suggestion_before_any_run_folder_exists(tmp_path, capsys):
+    """The reported case: '--arm cutuot' said "the recipe 'default-2' has no arms" after choosing a new folder."""
+    from keepmix.cli import main
+    out = tmp_path / "runs"
+    code = main(["train", "--arm", "cutuot", "--set", "optim.epochs=1", "--output-dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown arm(s) ['cutuot']" in err and "did you mean 'cutout'" in err
+    assert not out.exists()
+
+
+def test_keepmix_warnings_are_one_line_each_once(tmp_path, capsys):
+    import warnings
+    from keepmix import cli
+    cli._SHOWN_WARNINGS.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        for _ in range(2):
+            cli._show_warning(UserWarning("short warm-up"), UserWarning, cli.__file__, 1)
+    err = capsys.readouterr().err
+    assert err.count("keepmix: warning: short warm-up") == 1 and "UserWarning" not in err

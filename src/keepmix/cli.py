@@ -610,10 +610,19 @@ def _interrupted_line(command: str, run_dir: Optional[Path]) -> str:
 _default_showwarning = warnings.showwarning
 
 
+_SHOWN_WARNINGS: set = set()
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """keepmix's own warnings (a checkpoint fallback) as one ``keepmix: warning:`` line; others as Python prints them."""
-    if getattr(category, "__module__", "").startswith("keepmix."):
-        print(f"keepmix: warning: {message}", file=file or sys.stderr, flush=True)
+    """Warnings raised by keepmix (its own classes, or any class warned from keepmix's code: a short warm-up) as
+    one ``keepmix: warning:`` line, each text once per command; others as Python prints them."""
+    ours = getattr(category, "__module__", "").startswith("keepmix.") or \
+        Path(str(filename)).resolve().is_relative_to(Path(__file__).resolve().parent)
+    if ours:
+        text = str(message)
+        if text not in _SHOWN_WARNINGS:
+            _SHOWN_WARNINGS.add(text)
+            print(f"keepmix: warning: {text}", file=file or sys.stderr, flush=True)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)
 

@@ -726,7 +726,11 @@ def expand_arms(config: TrainConfig, only: Optional[Sequence[str]] = None) -> Li
     if only:
         missing = [name for name in only if name not in names]
         if missing:
-            raise ValueError(f"unknown arm(s) {missing}; the recipe's arms are: {', '.join(names)}")
+            import difflib
+            hints = [h for name in missing for h in difflib.get_close_matches(name, names, n=1)]
+            raise ValueError(f"unknown arm(s) {missing}"
+                             + (f" (did you mean {', '.join(repr(h) for h in hints)}?)" if hints else "")
+                             + f"; the recipe's arms are: {', '.join(names)}")
     result = []
     for arm in config.arms:
         if only and arm.name not in only:

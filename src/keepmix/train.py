@@ -1247,6 +1247,8 @@ def run(config: TrainConfig, *, arms: Optional[Sequence[str]] = None, resume: bo
     (:class:`~keepmix.engine.checkpoint.RunLock`) from the first check to the end.
     """
     main = _is_main_env()
+    if arms:  # unknown arm names fail here, before a run folder is chosen (and named in the message)
+        expand_arms(config, arms)
     base = Path(run_dir) if run_dir is not None else Path(config.output_dir) / config.name
     if not resume and run_dir is None:
         wanted = base
