@@ -408,3 +408,13 @@ def test_manifold_mixup_recipes_mix_at_the_papers_places():
         model = build_model(arms["manifold_mixup"].model.name, 10) if "preact" in name else build_model("resnet_small", 10)
         op = build_op(spec, _ctx(model, num_classes=10))
         assert op._targets == [None, model.stages[0], model.stages[1]]
+
+
+def test_set_ops_on_a_recipe_with_arms_is_refused_unless_the_arms_go_too():
+    """The reported case: --set 'ops=[{name: keep_cutuot}]' on the default recipe was silently ignored."""
+    from keepmix.recipes import apply_overrides, load_recipe
+    config = load_recipe("default")
+    with pytest.raises(ValueError, match="arms=\\[\\]"):
+        apply_overrides(config, ["ops=[{name: cutout, length: 8}]"])
+    alone = apply_overrides(config, ["ops=[{name: cutout, length: 8}]", "arms=[]"])
+    assert alone.arms == [] and alone.ops == [{"name": "cutout", "length": 8}]
