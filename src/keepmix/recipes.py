@@ -620,6 +620,12 @@ def _apply_override_items(data: Dict[str, Any], overrides: Sequence[str]) -> Non
     parsed = [parse_override(item) for item in overrides]
     for key, value in parsed:
         set_by_path(data, key, value)
+    keys = {key for key, _ in parsed}
+    if "ops" in keys and data.get("arms") and "arms" not in keys:
+        names = ", ".join(str(arm.get("name")) for arm in data["arms"])
+        raise ValueError(f"ops: the recipe {data.get('name')!r} trains its arms ({names}), each with its own ops, so "
+                         "--set ops=… would change nothing (and an arm without ops of its own would take them); "
+                         "add --set arms=[] to train these ops alone")
     section = data.get("data") if isinstance(data.get("data"), dict) else {}
     if _same_dataset(section.get("name", DataConfig.name), before):
         return
@@ -710,12 +716,6 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
     """A new config: ``config`` with ``key=value`` overrides applied and re-validated (as :func:`load_recipe`)."""
     data = config_to_dict(config)
     _apply_override_items(data, overrides)
-    keys = {str(item).split("=", 1)[0].strip() for item in overrides}
-    if "ops" in keys and data.get("arms") and "arms" not in keys:
-        names = ", ".join(str(arm.get("name")) for arm in data["arms"])
-        raise ValueError(f"ops: the recipe {data.get('name')!r} trains its arms ({names}), each with its own ops, so "
-                         "--set ops=… would change nothing (and an arm without ops of its own would take them); "
-                         "add --set arms=[] to train these ops alone")
     return config_from_dict(data)
 
 
