@@ -418,3 +418,9 @@ def test_set_ops_on_a_recipe_with_arms_is_refused_unless_the_arms_go_too():
         apply_overrides(config, ["ops=[{name: cutout, length: 8}]"])
     alone = apply_overrides(config, ["ops=[{name: cutout, length: 8}]", "arms=[]"])
     assert alone.arms == [] and alone.ops == [{"name": "cutout", "length": 8}]
+
+
+def test_a_recipe_name_typo_gets_a_suggestion():
+    from keepmix.recipes import find_recipe
+    with pytest.raises(FileNotFoundError, match="did you mean uda_cifar10_subset"):
+        find_recipe("uda_cifar10_subst")

@@ -523,7 +523,10 @@ def find_recipe(name: PathLike) -> Path:
             if (folder / candidate).is_file():
                 return folder / candidate
     searched = ", ".join(str(d) for d in recipe_dirs())
-    raise FileNotFoundError(f"recipe {str(name)!r} not found as a file or by name in: {searched}")
+    import difflib
+    hints = difflib.get_close_matches(str(name), list_recipes(), n=3)
+    raise FileNotFoundError(f"recipe {str(name)!r} not found as a file or by name in: {searched}"
+                            + (f" (did you mean {', '.join(hints)}?)" if hints else "; keepmix list recipes names them"))
 
 
 def list_recipes() -> List[str]:
