@@ -379,3 +379,10 @@ def test_keepmix_warnings_are_one_line_each_once(tmp_path, capsys):
             cli._show_warning(UserWarning("short warm-up"), UserWarning, cli.__file__, 1)
     err = capsys.readouterr().err
     assert err.count("keepmix: warning: short warm-up") == 1 and "UserWarning" not in err
+
+
+def test_an_interrupted_experiment_says_how_to_continue():
+    from keepmix.cli import _interrupted_line
+    line = _interrupted_line("experiment", None)
+    assert "rerun the same command to continue" in line
+    assert _interrupted_line("eval", None) == "keepmix eval: interrupted"

@@ -597,6 +597,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _interrupted_line(command: str, run_dir: Optional[Path]) -> str:
     """The one line Ctrl-C prints: how to resume, when the run folder holds something to resume."""
+    if command == "experiment":
+        return ("keepmix experiment: interrupted; finished runs are kept and a started one resumes from its "
+                "checkpoint: rerun the same command to continue")
     if run_dir is None:
         return f"keepmix {command}: interrupted"
     run_dir = Path(run_dir)
