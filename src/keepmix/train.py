@@ -587,7 +587,6 @@ def prepare_data(config: TrainConfig, device: torch.device, job: Distributed, *,
         fields["normalize"] = fields["normalize"] or _identity
         return RunData(**fields)
     images, labels, eval_images, eval_labels, loaded = load_sets(spec, cache)
-    num_classes = loaded.num_classes
     mean, std = tuple(loaded.mean), tuple(loaded.std)
 
     batch = config.optim.batch_size
@@ -599,16 +598,26 @@ def prepare_data(config: TrainConfig, device: torch.device, job: Distributed, *,
                                augment=spec.crop_padding > 0 or spec.flip, crop_padding=spec.crop_padding,
                                flip=spec.flip)
     train = ShardedLoader(loader, job.rank, job.world_size) if job.enabled else loader
+    return device_run_data(train, images, labels, eval_images, eval_labels, loaded, config, device, job, raw=raw)
+
+
+def device_run_data(train, images: torch.Tensor, labels: torch.Tensor, eval_images: torch.Tensor,
+                    eval_labels: torch.Tensor, loaded, config: TrainConfig, device: torch.device, job: Distributed,
+                    *, raw: bool) -> RunData:
+    """The :class:`RunData` of a device-resident run around its training loader ``train``: the normaliser
+    (``raw``: applied after the image-level ops), the evaluation batches on ``device`` and the set's facts.
+    Shared by :func:`prepare_data` and the semi-supervised :func:`keepmix.engine.semi.prepare_semi_data`."""
+    data = _data_module()
+    mean, std = tuple(loaded.mean), tuple(loaded.std)
 
     def to_model_input(x: torch.Tensor) -> torch.Tensor:
         return data.normalize(x, mean, std)
 
-    eval_images = eval_images.to(device)
-    eval_labels = eval_labels.to(device)
+    eval_images, eval_labels = eval_images.to(device), eval_labels.to(device)
+    batch = config.data.eval_batch_size or config.optim.batch_size
     return RunData(train=train, normalize=to_model_input if raw else _identity,
-                   eval_batches=_eval_batches(eval_images, eval_labels, spec.eval_batch_size or batch,
-                                              to_model_input, job),
-                   num_classes=num_classes, mean=mean, std=std, train_size=int(labels.shape[0]),
+                   eval_batches=_eval_batches(eval_images, eval_labels, batch, to_model_input, job),
+                   num_classes=loaded.num_classes, mean=mean, std=std, train_size=int(labels.shape[0]),
                    eval_size=int(eval_labels.shape[0]), class_names=list(loaded.class_names),
                    image_size=(int(images.shape[-2]), int(images.shape[-1])))
 

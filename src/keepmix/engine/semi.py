@@ -45,8 +45,8 @@ import torch
 
 from ..losses import tsa_cross_entropy, tsa_threshold, uda_consistency
 from ..recipes import TrainConfig
-from ..train import (OpStats, RunData, ShardedLoader, Trainer, _eval_batches, _identity, _is_terminal,
-                     _spec_has_policy, _take, autocast_context, load_sets)
+from ..train import (OpStats, RunData, ShardedLoader, Trainer, _is_terminal, _spec_has_policy, _take,
+                     autocast_context, device_run_data, load_sets)
 from .distributed import all_reduce_sum
 
 __all__ = ["SemiLoader", "SemiTrainer", "labeled_split", "prepare_semi_data"]
@@ -157,17 +157,7 @@ def prepare_semi_data(config: TrainConfig, device: torch.device, job, *, raw: bo
         return ShardedLoader(made, job.rank, job.world_size) if job.enabled else made
 
     train = SemiLoader(loader(labeled, per_rank, 1), loader(unlabeled, per_rank * config.semi.unlabeled_ratio, 2))
-
-    def to_model_input(x: torch.Tensor) -> torch.Tensor:
-        return data_module.normalize(x, mean, std)
-
-    eval_images, eval_labels = eval_images.to(device), eval_labels.to(device)
-    return RunData(train=train, normalize=to_model_input if raw else _identity,
-                   eval_batches=_eval_batches(eval_images, eval_labels, spec.eval_batch_size or batch,
-                                              to_model_input, job),
-                   num_classes=num_classes, mean=mean, std=std, train_size=int(labels.shape[0]),
-                   eval_size=int(eval_labels.shape[0]), class_names=list(loaded.class_names),
-                   image_size=(int(images.shape[-2]), int(images.shape[-1])))
+    return device_run_data(train, images, labels, eval_images, eval_labels, loaded, config, device, job, raw=raw)
 
 
 class SemiTrainer(Trainer):
