@@ -89,7 +89,10 @@ def _positive_int(text: str) -> int:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint: top-1, top-5, loss (or top-1 error under --corruptions)")
+    p = sub.add_parser("eval", help="evaluate a checkpoint: top-1, top-5, loss (or top-1 error under --corruptions)",
+                       description="Evaluate a run's checkpoint on its evaluation set (or --split / --data), or under "
+                                   "corruptions (--corruptions SPEC: errors per corruption and severity, the "
+                                   "corruption error, and with --baseline RUN the mCE and relative mCE).")
     p.add_argument("--checkpoint", required=True, help="checkpoint.pt or a run folder")
     p.add_argument("--data", help="data set name (default: the one the run trained on)")
     p.add_argument("--data-root", help="data folder")
@@ -145,12 +148,16 @@ def _add_experiment(sub) -> None:
     p.add_argument("--seeds", type=_positive_int, default=5, help="paired seeds 0…N−1 (default 5)")
     p.add_argument("--scale", choices=["reduced", "paper"], default="reduced",
                    help="reduced: the table's small protocol for 2 CPU cores (default); paper: as published")
-    p.add_argument("--out", default="runs/experiments", help="where the experiment folder goes")
+    p.add_argument("--out", default="runs/experiments",
+                   help="where the experiment folder goes (default runs/experiments; another folder for a grid with "
+                        "other --set values)")
     p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
                    help="train N runs at once in worker processes (default 1: in this process); the cores are "
                         "shared out among them")
     p.add_argument("--data-root", help="data folder (overrides the protocol's data.root)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a recipe override for every run of the grid (as for train; e.g. --set data.name=salient_shapes "
+                        "--set optim.epochs=1); listed in summary.md")
 
 
 def _add_plot(sub) -> None:
