@@ -123,6 +123,29 @@ def test_a_checkpoint_that_runs_code_is_refused_by_every_command(tmp_path, capsy
     assert not (tmp_path / "grid.png").exists()
 
 
+@pytest.mark.parametrize("where", ["model.pretrained", "teacher.pretrained"])
+def test_pretrained_weights_that_run_code_are_refused_naming_the_file(tmp_path, capsys, where):
+    """Weights files (plain torch.save, no keepmix header) are opened as checkpoints are: nothing runs, and
+    the one-line refusal names the file and what it asked for (not PyTorch's advice to retry unsafely)."""
+    marker = tmp_path / "pwned"
+    weights = tmp_path / "weights.pt"
+    torch.save({"stem.weight": _RunsCode(marker)}, weights)
+    recipe = tmp_path / "tiny.yaml"
+    if where == "model.pretrained":
+        recipe.write_text(TINY_RECIPE.replace("model: {name: resnet_small}",
+                                              f"model: {{name: resnet_small, pretrained: {weights}}}"))
+    else:
+        teacher = f"{{model: resnet_small, num_classes: 3, pretrained: {weights}}}"
+        recipe.write_text(TINY_RECIPE.split("arms:")[0]
+                          + f"ops: [{{name: attentive_cut_mix, teacher: {teacher}, top_k: 2, grid: 2}}]\n")
+    out = tmp_path / "out"
+    assert main(["train", str(recipe), "--output-dir", str(out)]) == 2
+    line = one_line_error(capsys)
+    assert str(weights) in line and "refused" in line and "posix.system" in line, line
+    assert "weights_only" not in line
+    assert not marker.exists() and not out.exists()
+
+
 # --------------------------------------------------------------------------- 2. refused resume, one writer
 
 

@@ -1083,8 +1083,9 @@ def load_pretrained(model: nn.Module, path: PathLike) -> List[str]:
     if framed:  # a keepmix checkpoint: verified and read by the engine's loader
         from .engine.checkpoint import load_checkpoint
         state = load_checkpoint(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    else:  # a plain torch.save file: weights_only too, refused naming the file if it needs more
+        from .engine.checkpoint import load_weights_file
+        state = load_weights_file(path)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     adapt = getattr(model, "adapt_state_dict", None)

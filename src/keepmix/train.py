@@ -1217,7 +1217,11 @@ def validate_build(config: TrainConfig) -> None:
                 except (TypeError, ValueError) as error:
                     message, prefix = str(error), f"ops[{index}]"
                     message = where + message[len(prefix):] if message.startswith(prefix) else f"{where}: {message}"
-                    raise type(error)(message) from None
+                    try:  # the same class, unless it takes more than a message (CheckpointError)
+                        renamed = type(error)(message)
+                    except TypeError:
+                        renamed = (TypeError if isinstance(error, TypeError) else ValueError)(message)
+                    raise renamed from None
 
 
 # --------------------------------------------------------------------------- recipes with arms

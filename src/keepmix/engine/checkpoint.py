@@ -239,6 +239,18 @@ def _unpickle(path: Path, body: bytes, map_location, legacy: bool) -> Any:
         raise CheckpointError(path, "damaged", f"damaged checkpoint: its payload cannot be read ({detail})") from None
 
 
+def load_weights_file(path: PathLike, map_location="cpu") -> Any:
+    """A plain ``torch.save`` file (pretrained weights: ``model.pretrained``, a teacher's
+    ``pretrained``) read with ``weights_only=True``, as checkpoints are: a file that asks for
+    more than tensors and plain data is refused with a :class:`CheckpointError` naming the file
+    and what it asked for (nothing in it runs); an unreadable one names the file too.
+    """
+    path = Path(path)
+    with open(path, "rb") as handle:
+        body = handle.read()
+    return _unpickle(path, body, map_location, legacy=False)
+
+
 def _load_file(path: Path, map_location) -> Dict[str, Any]:
     with open(path, "rb") as handle:
         header = _read_header(path, handle)
@@ -553,7 +565,8 @@ class RunLock:
 __all__ = [
     "CHECKPOINT_NAME", "CHECKPOINT_VERSION", "CheckpointError", "CheckpointFallbackWarning", "FORMAT", "LOCK_NAME",
     "PREVIOUS_NAME", "RunDirError", "RunLock", "RunLockedError", "atomic_write", "check_output_dir",
-    "checkpoint_file", "encode_checkpoint", "ensure_space", "load_checkpoint", "make_run_dir", "read_checkpoint",
+    "checkpoint_file", "encode_checkpoint", "ensure_space", "load_checkpoint", "load_weights_file", "make_run_dir",
+    "read_checkpoint",
     "remove_if_empty",
     "remove_stale_temps", "save_checkpoint", "temp_path", "verify_checkpoint",
 ]
