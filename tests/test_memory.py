@@ -10,12 +10,14 @@ import tempfile
 import pytest
 import torch
 
-from keepmix import Cutout, GuidedMixup, KeepCutMix, KeepCutout, KeepRandomErasing, Mixup, SelectivePaste
+from keepmix import (Cutout, CutMix, GuidedMixup, KeepCutMix, KeepCutout, KeepRandomErasing, Mixup, SaliencyMix,
+                     SelectivePaste)
 from keepmix.data import identity_geometry, output_to_source, random_crop_flip
 from keepmix.memory import (MemoryPairing, MemorySaliency, SaliencyMemory, UniformSaliency, combine_ownership,
                             gradient_map, ownership)
 from keepmix.pairing import greedy_pairing, saliency_distance
 from keepmix.mixers import pairing_maps
+from keepmix.saliency import spectral_residual
 
 
 def _crop_flip_geometry(index, size=(6, 7), padding=2, seed=0):
@@ -244,6 +246,39 @@ def test_greedy_pairing_of_a_mixer_runs_on_the_memory_maps():
     assert mixer.pairing.last_stats["memory_fallback"].tolist() == [False] * 6
 
 
+def _manifold_mixup(pairing, generator):
+    from keepmix.mixers import ManifoldMixup
+    from keepmix.models import build_model
+    return ManifoldMixup(build_model("resnet_small", 3), 3, layers=("input",), pairing=pairing, generator=generator)
+
+
+@pytest.mark.parametrize("make", [
+    lambda memory, g: CutMix(3, pairing=MemoryPairing(memory), generator=g),
+    lambda memory, g: _manifold_mixup(MemoryPairing(memory), g),
+    lambda memory, g: SaliencyMix(3, saliency=MemorySaliency(memory), pairing="greedy", generator=g),
+    lambda memory, g: GuidedMixup(3, saliency=MemorySaliency(memory), pairing="greedy", generator=g)],
+    ids=["CutMix", "ManifoldMixup", "SaliencyMix", "GuidedMixup"])
+def test_every_mixers_greedy_pairing_runs_on_the_memory_maps(make):
+    """Greedy pairing is farthest-first on the blurred, sum-to-1 maps; with the memory as the pairing's (or the
+    mixer's) source, those maps are the memory's at the batch geometry — not the images' spectral residual."""
+    memory = SaliencyMemory(6, (8, 8), dtype="float32")
+    geometry = _crop_flip_geometry(torch.arange(6), size=(8, 8), seed=4)
+    memory.write(identity_geometry(torch.arange(6), (8, 8)),
+                 torch.rand(6, 8, 8, generator=torch.Generator().manual_seed(5)) + 0.05)
+    mixer = make(memory, torch.Generator().manual_seed(0))
+    images = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    with memory.batch(geometry):
+        if isinstance(mixer, GuidedMixup):  # it reports no partner; guide() is its pairing step
+            partner = mixer.guide(images, torch.arange(6) % 3)[0]
+        else:
+            mixer(images, torch.arange(6) % 3)
+            partner = mixer.last_stats["partner"]
+    on_memory = greedy_pairing(saliency_distance(pairing_maps(memory.read(geometry))))
+    on_images = greedy_pairing(saliency_distance(pairing_maps(spectral_residual(images))))
+    assert not torch.equal(on_memory, on_images)  # the two sources would pair differently: the test can tell
+    assert torch.equal(partner, on_memory)
+
+
 def test_ownership_of_erasing_mixing_and_unchanged_batches():
     images = torch.rand(2, 3, 8, 8) + 1.0
     cut = Cutout(4, generator=torch.Generator().manual_seed(0))
@@ -255,6 +290,29 @@ def test_ownership_of_erasing_mixing_and_unchanged_batches():
     assert torch.equal(ownership(mixup, images, mixed)[:, 0, 0], mixup.last_stats["lam"])
     assert ownership(object(), images, images) is None
     assert combine_ownership(None, own) is own and torch.equal(combine_ownership(own, own), own)
+
+
+def test_writing_and_reading_the_memory_read_nothing_back_to_the_host():
+    """The step's write (gradient map, ownership of a cut, the store) and a read of written samples are device
+    work only: no ``.item()``/``bool()``/``.tolist()`` of a tensor, so nothing waits for the device."""
+    from keepmix.launches import count_calls
+    memory = SaliencyMemory(8, (8, 8))
+    index = torch.tensor([5, 1, 6, 2])
+    geometry = _crop_flip_geometry(index, size=(8, 8), seed=3)
+    images = torch.rand(4, 3, 8, 8) + 1.0
+    cut = Cutout(3, generator=torch.Generator().manual_seed(0))
+    out, _ = cut(images, torch.tensor([0, 1, 2, 0]))
+    grad = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    write = count_calls(lambda: memory.record_gradient(geometry, grad, ownership(cut, images, out)))
+    assert write.syncs == 0, write.names
+    source = MemorySaliency(memory)
+
+    def read():
+        with memory.batch(geometry):
+            return source(images)
+
+    assert count_calls(read).syncs == 0
+    assert not source.last_stats["memory_fallback"].any()
 
 
 def test_uniform_fallback_is_flat():

@@ -365,6 +365,32 @@ def test_default_recipe_compares_cutout_and_keep_cutout_at_one_length():
                                                                                          name="x")
 
 
+@pytest.mark.parametrize("recipe,pairs", [
+    ("keepaugment/t1_cutout_resnet18", {"keep_cutout_memory": "keep_cutout"}),
+    ("keepaugment/t1_autoaugment_wrn28_10", {"keep_autoaugment_memory": "keep_autoaugment"}),
+    ("keepaugment/t2_cutout_length_resnet18", {f"keep_cutout_memory_{n}": f"keep_cutout_{n}"
+                                               for n in (8, 12, 16, 20, 24)}),
+    ("guidedmixup/t1_cifar100_preact_resnet18", {"guided_ap_memory": "guided_ap"}),
+    ("guidedmixup/t1_tiny_imagenet_preact_resnet18", {"guided_ap_memory": "guided_ap"})])
+def test_paper_tables_memory_arms_are_their_fresh_arms_reading_the_memory(recipe, pairs, make_tiny_net):
+    """Issue 7's memory arms: each is its fresh-saliency arm with ``saliency: memory`` and nothing else changed
+    (ops, seed, data, model, schedule), and builds to an op reading the run's memory."""
+    from keepmix.memory import MemorySaliency, SaliencyMemory
+    from keepmix.recipes import uses_memory
+    arms = dict(expand_arms(load_recipe(recipe)))
+    model, memory = make_tiny_net(), SaliencyMemory(4, (8, 8))
+    for memory_arm, fresh_arm in pairs.items():
+        mem, fresh = arms[memory_arm], arms[fresh_arm]
+        assert uses_memory(mem.ops) and not uses_memory(fresh.ops), memory_arm
+        assert mem.ops[0]["saliency"] == "memory" and fresh.ops[0].get("saliency", "model") == "model"
+        assert {k: v for k, v in mem.ops[0].items() if k != "saliency"} == \
+            {k: v for k, v in fresh.ops[0].items() if k != "saliency"}, memory_arm
+        assert mem.ops[1:] == fresh.ops[1:]
+        assert dataclasses.replace(mem, ops=[], name="x") == dataclasses.replace(fresh, ops=[], name="x")
+        op = build_op(mem.ops[0], _ctx(model, memory=lambda: memory))
+        assert isinstance(op.saliency, MemorySaliency) and op.saliency.memory is memory, memory_arm
+
+
 def test_paper_recipes_carry_the_papers_settings():
     t1 = dict(expand_arms(load_recipe("keepaugment/t1_cutout_resnet18")))
     c = t1["keep_cutout_low_res"]
