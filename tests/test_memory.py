@@ -220,6 +220,33 @@ def test_keep_ops_cut_where_the_memory_says_nothing_is_and_report_fallbacks():
     assert "memory_fallback" not in op.last_stats
 
 
+@pytest.mark.parametrize("preset", ["KeepAutoAugment", "KeepRandAugment", "KeepTrivialAugment", "KeepAugMix"])
+def test_keep_policy_presets_reading_the_memory_paste_as_if_given_its_maps(preset):
+    """SelectivePaste's presets take the memory as a source: the output is exactly the op's output when the
+    memory's maps at the batch geometry are passed as precomputed saliency, and no sample fell back."""
+    import keepmix
+    memory = _left_salient_memory()
+    geometry = _crop_flip_geometry(torch.arange(4), size=(16, 16), seed=5)
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    labels = torch.tensor([0, 1, 2, 0])
+    cls = getattr(keepmix, preset)
+    reading = cls(6, saliency=MemorySaliency(memory), generator=torch.Generator().manual_seed(0))
+    given = cls(6, generator=torch.Generator().manual_seed(0))
+    with memory.batch(geometry):
+        out, _ = reading(images, labels)
+    expected, _ = given(images, labels, saliency_maps=memory.read(geometry))
+    assert torch.equal(out, expected)
+    assert reading.last_stats["memory_fallback"].tolist() == [False] * 4
+
+
+def test_bfloat16_memory_stores_the_peak_normalised_map_rounded_to_bfloat16():
+    memory = SaliencyMemory(3, (4, 5), dtype="bfloat16")
+    assert memory.maps.dtype == torch.bfloat16 and memory.nbytes == 3 * (4 * 5 * 2 + 5)
+    maps = torch.rand(3, 4, 5, generator=torch.Generator().manual_seed(0)) + 0.01
+    memory.write(identity_geometry(torch.arange(3), (4, 5)), maps)
+    assert torch.equal(memory.maps, _peak_normalised(maps).to(torch.bfloat16))
+
+
 def test_guided_mixup_reads_the_memory_and_declares_its_ownership():
     memory = _left_salient_memory()
     geometry = identity_geometry(torch.arange(4), (16, 16))

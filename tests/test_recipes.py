@@ -307,6 +307,23 @@ def test_load_pretrained_skips_a_differently_sized_classifier(tmp_path):
         load_pretrained(target, tmp_path / "bad.pt")
 
 
+def test_model_pretrained_in_a_config_loads_the_state_dict_into_the_built_model(tmp_path):
+    """``model.pretrained`` (issue 10: fine-tune from a local state_dict): the model a recipe builds holds the
+    file's weights everywhere but a classifier of another class count, which stays freshly initialised."""
+    from keepmix.models import build_model
+    from keepmix.recipes import build_model_from_config
+    torch.manual_seed(0)
+    source = build_model("resnet_small", 7)
+    torch.save(source.state_dict(), tmp_path / "w.pt")
+    config = config_from_dict({"model": {"name": "resnet_small", "pretrained": str(tmp_path / "w.pt")}})
+    torch.manual_seed(1)
+    model = build_model_from_config(config.model, 3)
+    torch.manual_seed(1)
+    fresh = build_model("resnet_small", 3)
+    for (name, a), b, c in zip(source.state_dict().items(), model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(b, c if name.startswith("classifier") else a), name
+
+
 # --------------------------------------------------------------------------- the shipped recipes
 
 #: classes of each data set the recipes use (to build models and ops without the data)
