@@ -171,6 +171,39 @@ def test_the_command_line_section_uses_existing_commands_and_flags():
     assert checked >= 10
 
 
+def test_the_training_at_scale_commands_use_existing_commands_flags_and_options():
+    """Every ``keepmix …`` and ``torchrun … -m keepmix.cli …`` line of "Training at scale" (continuation lines
+    joined) names a subcommand and flags the CLI has; the shard-writing and throughput commands' flags exist."""
+    from keepmix.benchmark_throughput import main as throughput_main  # noqa: F401 - the benchmark's module exists
+    from keepmix.cli import build_parser
+    parser = build_parser()
+    commands = {action.dest: action for action in parser._actions if isinstance(action, argparse._SubParsersAction)}
+    subparsers = commands["command"].choices
+    section = README[README.index("## Training at scale"):README.index("## Rerunning the papers' claims")]
+    checked = 0
+    for block in section.split("```")[1::2]:
+        for row in block.replace("\\\n", " ").splitlines():
+            words = row.split("#")[0].split()
+            if "keepmix.cli" in words:
+                words = ["keepmix"] + words[words.index("keepmix.cli") + 1:]
+            if len(words) < 2 or words[0] != "keepmix":
+                continue
+            known = {option for action in subparsers[words[1]]._actions for option in action.option_strings}
+            for word in words[2:]:
+                flag = word.split("=")[0]
+                if flag.startswith("--"):
+                    assert flag in known, f"README: keepmix {words[1]} has no {flag}"
+                    checked += 1
+    assert checked >= 15
+    for module, line in (("keepmix/data/shards.py", "python -m keepmix.data.shards"),
+                         ("keepmix/benchmark_throughput.py", "python benchmarks/throughput.py")):
+        source = (REPO / "src" / module).read_text(encoding="utf-8")
+        rows = [r for r in section.splitlines() if r.startswith(line)]
+        assert rows, line
+        for flag in {w for r in rows for w in r.split() if w.startswith("--")}:
+            assert f'"{flag}"' in source, f"README: {line} has no {flag}"
+
+
 def test_the_eval_example_names_the_default_recipes_sets():
     from keepmix.recipes import load_recipe
     from keepmix.train import load_sets
