@@ -66,7 +66,9 @@ def greedy_pairing(distance: torch.Tensor) -> torch.Tensor:
     ``keepmix::greedy_order`` (opaque to ``torch.compile``, so an op using it still
     compiles with ``fullgraph=True``): on the CPU as one NumPy pass over the B×B matrix
     (O(B²), no tensor kernels per step); on an accelerator as B small device steps
-    with no host sync. Measured choices are in ``benchmarks/launches.py``.
+    with no host sync. ``benchmarks/overhead.py`` times this operator (row *greedy pairing given
+    maps*) beside the host-copy form (*[loop reference] greedy pairing, host copy*), on a GPU with
+    ``--device cuda``; ``benchmarks/launches.py`` counts its launches.
 
     Args:
         distance: B×B float matrix (need not be symmetric; NaN is rejected when
