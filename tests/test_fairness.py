@@ -179,3 +179,53 @@ def test_select_boxes_clip_one_size_equals_the_per_image_path(size):
     general = select_boxes(maps, torch.full((64,), h), torch.full((64,), w), 0.6, clip=True, generator=_gen(8))
     for a, b in zip(fast, general):
         assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------- the shipped comparisons
+
+
+#: a Keep op and the baseline it is compared with (flags: the Keep op's clip, the baseline's inside)
+_PAIRS = {"KeepCutout": "Cutout", "KeepCutMix": "CutMix"}
+
+
+def _box_family(spec):
+    """(Keep op or baseline class name, "clipped" | "whole") of a recipe op, defaults and presets applied."""
+    import inspect
+    from keepmix.recipes import resolve_op
+    cls, preset = resolve_op(spec["name"])
+    kwargs = {**preset, **{k: v for k, v in spec.items() if k != "name"}}
+    params = inspect.signature(cls).parameters
+    if cls.__name__ in _PAIRS:
+        return cls.__name__, "clipped" if kwargs.get("clip", params["clip"].default) else "whole"
+    if cls.__name__ in _PAIRS.values():
+        return cls.__name__, "whole" if kwargs.get("inside", params["inside"].default) else "clipped"
+    return None
+
+
+def _grids():
+    """Every shipped recipe's arms, and every experiment table's arms (its extra arms included)."""
+    from keepmix.experiment import load_tables, plan
+    from keepmix.recipes import expand_arms, list_recipes, load_recipe
+    for name in list_recipes():
+        yield name, [(arm, config.ops) for arm, config in expand_arms(load_recipe(name))]
+    for name, table in load_tables().items():
+        yield f"experiment {name}", [(arm, config.ops) for arm, _, config in plan(table, [0])]
+
+
+def test_every_shipped_keep_vs_baseline_comparison_uses_one_box_family():
+    """Issue 9: every KeepX-vs-X comparison in the recipes differs only in *where* the box goes — a Keep op
+    with clipped boxes (clip=True) is compared with the baseline as published (clipped), one with full
+    windows with the baseline's whole-box variant (inside=True)."""
+    checked = 0
+    for grid, arms in _grids():
+        families = {}
+        for arm, ops in arms:
+            for spec in ops:
+                found = _box_family(spec)
+                if found:
+                    families.setdefault(found[0], {})[arm] = found[1]
+        for keep, base in _PAIRS.items():
+            if keep in families and base in families:
+                assert set(families[keep].values()) == set(families[base].values()), (grid, families)
+                checked += 1
+    assert checked >= 5, checked
