@@ -163,6 +163,29 @@ def test_a_refused_resume_leaves_every_file_byte_identical(stopped_run, tmp_path
     assert "0.07" not in (run / "recipe.yaml").read_text()
 
 
+def test_a_resume_with_another_recipe_is_refused_and_changes_nothing(stopped_run, tmp_path, capsys):
+    """The reported sequence: one resume tried with another recipe, then the documented command."""
+    run = copy_run(stopped_run, tmp_path)
+    other = tmp_path / "other.yaml"
+    other.write_text(TINY_RECIPE.replace("length: 6", "length: 4"))
+    before = snapshot(run)
+    # the other recipe's own run folder is this one (same name): refused, naming what differs
+    assert main(["train", str(other), "--output-dir", str(tmp_path), "--resume", "--quiet"]) == 2
+    line = one_line_error(capsys)
+    assert "ops" in line and "checkpoint.pt" in line, line
+    assert snapshot(run) == before
+    # a recipe and a run folder together: refused (the recipe would be silently ignored)
+    assert main(["train", str(other), "--resume", str(run), "--quiet"]) == 2
+    line = one_line_error(capsys)
+    assert "not both" in line and str(other) in line, line
+    assert snapshot(run) == before
+    # the documented command still resumes, with the run's own settings
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    for arm in ("cutout", "keep_cutout"):
+        assert load_checkpoint(run / arm)["epoch"] == 2
+    assert load_checkpoint(run / "cutout")["config"]["ops"] == [{"name": "cutout", "length": 6}]
+
+
 def _hold_lock_in_child(folder: Path):
     """Fork a process that takes the folder's lock and waits; returns its pid once it holds the lock."""
     ready_r, ready_w = os.pipe()

@@ -227,6 +227,11 @@ def cmd_train(args) -> int:
     from .train import Trainer, load_checkpoint, run
     overrides = _train_overrides(args)
     if isinstance(args.resume, str):
+        if args.recipe is not None:  # it would be ignored: the run continues with the settings it recorded
+            raise ValueError(f"give a recipe or --resume DIR, not both: --resume {args.resume} continues with the "
+                             f"settings recorded in that run, so {args.recipe!r} would be ignored (change a "
+                             "runtime setting with --set; `keepmix train RECIPE --resume` resumes the recipe's "
+                             "own run folder)")
         target = Path(args.resume)
         recipe_file = target / "recipe.yaml" if target.is_dir() else None
         if recipe_file is not None and recipe_file.is_file():
