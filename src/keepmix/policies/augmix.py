@@ -85,6 +85,8 @@ class AugMix(ImagePolicy):
         fill: 0–255 fill of the geometric ops (default 0, black, like the official code).
         interpolation: ``"bilinear"`` (default, the official code) or ``"nearest"``.
         generator: optional ``torch.Generator``.
+        engine: ``"auto"``, ``"fused"`` or ``"dispatch"`` (see :class:`RandAugment`). The chains
+            run side by side as one batch of ``width·B`` images.
 
     Images B×C×H×W, uint8 or float in [0, 1], un-normalised; output of the same
     dtype; targets returned unchanged. ``last_stats``: ``chain_weights`` (B, width),
@@ -95,8 +97,8 @@ class AugMix(ImagePolicy):
 
     def __init__(self, severity: float = 3, width: int = 3, depth: int = -1, alpha: float = 1.0,
                  all_ops: bool = False, fill=0, interpolation: str = "bilinear",
-                 generator: Optional[torch.Generator] = None):
-        super().__init__(fill, interpolation, generator)
+                 generator: Optional[torch.Generator] = None, engine: str = "auto"):
+        super().__init__(fill, interpolation, generator, engine)
         self.severity = check_real(severity, "severity", low=1.0, high=10.0)
         self.width = check_int(width, "width", low=1)
         if isinstance(depth, bool) or not isinstance(depth, int) or (depth < 1 and depth != -1):
@@ -142,14 +144,17 @@ class AugMix(ImagePolicy):
         plan = self.sample_plan(batch, height, width, images.device)
         fill = F.fill_tensor(self.fill, images)
         clean = to_float(images)
-        mixture = torch.zeros_like(clean)
-        for chain in range(self.width):
-            augmented = images
-            for step in range(self.max_depth):
-                augmented = self._run(augmented, plan["op_index"][:, chain, step],
-                                      plan["magnitude"][:, chain, step], fill)
-            weight = plan["chain_weights"][:, chain].to(clean.dtype).view(-1, 1, 1, 1)
-            mixture = mixture + weight * to_float(augmented)
+        # the chains run side by side as one (width·B) batch: chain k of image i is row k·B + i
+        chains = images.repeat(self.width, 1, 1, 1)
+        op_index = plan["op_index"].transpose(0, 1).reshape(self.width * batch, self.max_depth)
+        magnitude = plan["magnitude"].transpose(0, 1).reshape(self.width * batch, self.max_depth)
+        for step in range(self.max_depth):
+            chains = self._run(chains, op_index[:, step], magnitude[:, step], fill)
+        chains = to_float(chains).view(self.width, *images.shape)
+        weights = plan["chain_weights"].to(clean.dtype).t().reshape(self.width, batch, 1, 1, 1)
+        mixture = weights[0] * chains[0]
+        for chain in range(1, self.width):  # summed in chain order (a fixed width, not the batch)
+            mixture = mixture + weights[chain] * chains[chain]
         m = plan["mix_weight"].to(clean.dtype).view(-1, 1, 1, 1)
         mixed = (1 - m) * clean + m * mixture
         self.last_stats = plan

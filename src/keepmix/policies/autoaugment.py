@@ -160,6 +160,9 @@ class AutoAugment(ImagePolicy):
             filled with the dataset mean, torchvision fills with 0).
         interpolation: ``"nearest"`` (PIL's default, used by the policies) or ``"bilinear"``.
         generator: optional ``torch.Generator`` for every draw.
+        engine: ``"auto"`` (fused step on accelerators and under ``torch.compile``, per-op-type
+            dispatch on the CPU), ``"fused"`` or ``"dispatch"``; same result for every choice
+            (:mod:`keepmix.policies._engine`).
 
     For image ``i``: ``s_i ~ U{0..24}``; for step ``j ∈ {0, 1}`` the op of
     ``s_i`` is applied iff ``u_ij < p_{s_i j}`` (``u ~ U[0, 1)``), with its level
@@ -171,8 +174,8 @@ class AutoAugment(ImagePolicy):
     """
 
     def __init__(self, policy: str = "cifar10", fill=128, interpolation: str = "nearest",
-                 generator: Optional[torch.Generator] = None):
-        super().__init__(fill, interpolation, generator)
+                 generator: Optional[torch.Generator] = None, engine: str = "auto"):
+        super().__init__(fill, interpolation, generator, engine)
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {sorted(POLICIES)}, got {policy!r}")
         self.policy = policy

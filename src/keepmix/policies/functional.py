@@ -272,44 +272,73 @@ def _autocontrast_misses(device: torch.device) -> torch.Tensor:
     return _AUTOCONTRAST_MISSES[key]
 
 
+def _auto_contrast_table(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """PIL's autocontrast lookup table, (P, 256) uint8, for the per-plane uint8 extremes ``low``/``high`` (P elements).
+
+    The exact integer ``⌊(v − lo)·255/(hi − lo)⌋``, one level lower at the (lo, hi, v) where PIL's float64
+    arithmetic falls just short of an integer (:func:`_autocontrast_misses`); the identity where ``hi ≤ lo``.
+    """
+    lo, hi = low.reshape(-1, 1).long(), high.reshape(-1, 1).long()
+    v = _ramp_long(low.device).view(1, -1)
+    exact = torch.div((v - lo).clamp_min(0) * 255, (hi - lo).clamp_min(1), rounding_mode="floor")
+    misses = _autocontrast_misses(low.device)
+    keys = lo * 65536 + hi * 256 + v
+    where = torch.searchsorted(misses, keys).clamp_max(misses.numel() - 1)
+    lut = (exact - (misses[where] == keys).long()).clamp_(0, 255)
+    return torch.where((hi <= lo), v.expand_as(lut), lut).to(torch.uint8)
+
+
 def _auto_contrast(images: torch.Tensor) -> torch.Tensor:
     low = images.amin(dim=(2, 3), keepdim=True)
     high = images.amax(dim=(2, 3), keepdim=True)
     flat = high <= low
     if images.dtype == torch.uint8:
-        # PIL's table: the exact integer ⌊(v − lo)·255/(hi − lo)⌋, one level lower at the (lo, hi, v) where
-        # PIL's float64 arithmetic falls just short of an integer; applied as a per-channel lookup table
+        # PIL's table applied as a per-channel lookup
         batch, channels, height, width = images.shape
-        lo, hi = low.view(-1, 1).long(), high.view(-1, 1).long()
-        v = torch.arange(256, device=images.device).view(1, -1)
-        exact = torch.div((v - lo).clamp_min(0) * 255, (hi - lo).clamp_min(1), rounding_mode="floor")
-        misses = _autocontrast_misses(images.device)
-        keys = lo * 65536 + hi * 256 + v
-        where = torch.searchsorted(misses, keys).clamp_max(misses.numel() - 1)
-        lut = (exact - (misses[where] == keys).long()).clamp_(0, 255)
-        lut = torch.where((hi <= lo), v.expand_as(lut), lut).to(torch.uint8)
         planes = images.reshape(batch * channels, height * width).long()
-        return lut.gather(1, planes).view(batch, channels, height, width)
+        return _auto_contrast_table(low, high).gather(1, planes).view(batch, channels, height, width)
     work, _ = _work(images)
     lo, hi = low.to(work.dtype), high.to(work.dtype)
     stretched = ((work - lo) / torch.where(flat, torch.ones_like(hi), hi - lo)).clamp_(0.0, 1.0)
     return torch.where(flat, images, stretched.to(images.dtype))
 
 
+_DEVICE_CONSTANTS: Dict[Tuple, torch.Tensor] = {}
+
+
+def _device_constant(name: str, device: torch.device, make) -> torch.Tensor:
+    """A small constant tensor made once per device by ``make(device)`` (no per-call creation)."""
+    key = (name, str(device))
+    if key not in _DEVICE_CONSTANTS:
+        _DEVICE_CONSTANTS[key] = make(device)
+    return _DEVICE_CONSTANTS[key]
+
+
+def _ramp_long(device: torch.device) -> torch.Tensor:
+    """Cached int64 ``arange(256)`` on ``device``."""
+    return _device_constant("ramp", device, lambda d: torch.arange(256, device=d))
+
+
+def _equalize_table(levels: torch.Tensor) -> torch.Tensor:
+    """PIL's equalize lookup table, (P, 256) int64, of P planes of 8-bit levels given as a P×N int64 tensor."""
+    planes, count = levels.shape
+    bins = _ramp_long(levels.device)
+    # a histogram per plane by scatter-add into a fixed size (bincount reads its maximum back on CUDA)
+    hist = torch.zeros(planes, 256, dtype=torch.int64, device=levels.device)
+    one = _device_constant("one", levels.device, lambda d: torch.ones(1, dtype=torch.int64, device=d))
+    hist.scatter_add_(1, levels, one.expand(planes, count))
+    last_value = ((hist > 0) * bins).amax(dim=1, keepdim=True)
+    last_count = hist.gather(1, last_value)
+    step = torch.div(count - last_count, 255, rounding_mode="floor")
+    before = torch.cumsum(hist, dim=1) - hist
+    lut = torch.div(torch.div(step, 2, rounding_mode="floor") + before, step.clamp_min(1), rounding_mode="floor")
+    return torch.where(step > 0, lut.clamp_(max=255), bins.unsqueeze(0))
+
+
 def _equalize(images: torch.Tensor) -> torch.Tensor:
     batch, channels, height, width = images.shape
     levels = _levels(images).reshape(batch * channels, height * width).long()
-    planes = batch * channels
-    offsets = torch.arange(planes, device=images.device).unsqueeze(1) * 256
-    hist = torch.bincount((levels + offsets).reshape(-1), minlength=planes * 256).view(planes, 256)
-    bins = torch.arange(256, device=images.device)
-    last_value = torch.where(hist > 0, bins, torch.zeros_like(bins)).amax(dim=1, keepdim=True)
-    last_count = hist.gather(1, last_value)
-    step = torch.div(height * width - last_count, 255, rounding_mode="floor")
-    before = torch.cumsum(hist, dim=1) - hist
-    lut = torch.div(torch.div(step, 2, rounding_mode="floor") + before, step.clamp_min(1), rounding_mode="floor")
-    lut = torch.where(step > 0, lut.clamp_(max=255), bins.unsqueeze(0))
-    equalised = lut.gather(1, levels).view(batch, channels, height, width).to(torch.uint8)
+    equalised = _equalize_table(levels).gather(1, levels).view(batch, channels, height, width).to(torch.uint8)
     return _from_levels(equalised, images)
 
 
@@ -324,49 +353,70 @@ def _color(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend(gray.expand_as(work), work, factor, images)
 
 
-def _contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    work, _ = _work(images)
-    gray = _grayscale(images, work, "contrast")
+def _contrast_mean(images: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
+    """B×1×1×1 mean of the grayscale ``gray`` (work dtype): PIL's ``int(mean(L) + 0.5)`` on uint8."""
     if images.dtype == torch.uint8:
         # PIL: int(mean(L) + 0.5), computed exactly in integers as floor((2·sum + N) / 2N).
         count = gray.shape[2] * gray.shape[3]
         total = gray.to(torch.int64).sum(dim=(1, 2, 3), keepdim=True)
-        mean = torch.div(2 * total + count, 2 * count, rounding_mode="floor").to(work.dtype)
-    else:
-        mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+        return torch.div(2 * total + count, 2 * count, rounding_mode="floor").to(gray.dtype)
+    return gray.mean(dim=(1, 2, 3), keepdim=True)
+
+
+def _contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    work, _ = _work(images)
+    mean = _contrast_mean(images, _grayscale(images, work, "contrast"))
     return _blend(mean.expand_as(work), work, factor, images)
 
 
-_SMOOTH_WEIGHTS = ((1.0, 1.0, 1.0), (1.0, 5.0, 1.0), (1.0, 1.0, 1.0))
+#: PIL's SMOOTH kernel: ((1, 1, 1), (1, 5, 1), (1, 1, 1)) / 13
+
+
+def _smoothed(images: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+    """Sharpness's degenerate image: PIL's SMOOTH filter inside, the image itself on the 1-pixel border."""
+    batch, channels, height, width = work.shape
+    if height < 3 or width < 3:
+        return work
+    # SMOOTH = (3×3 box sum + 4·centre) / 13: integer weights summed separably (two passes of shifted
+    # adds, far cheaper than a 1-channel convolution), one division at the end: exact on uint8 levels.
+    rows = work[..., :-2] + work[..., 1:-1] + work[..., 2:]
+    box = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]
+    smooth = (box + 4.0 * work[..., 1:-1, 1:-1]) / 13.0
+    if images.dtype == torch.uint8:
+        smooth = smooth.round()  # PIL rounds the filtered image to 8 bits (ties cannot occur: /13)
+    degenerate = work.clone()
+    degenerate[:, :, 1:-1, 1:-1] = smooth
+    return degenerate
 
 
 def _sharpness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     work, _ = _work(images)
-    batch, channels, height, width = work.shape
-    degenerate = work
-    if height >= 3 and width >= 3:
-        kernel = torch.tensor(_SMOOTH_WEIGHTS, dtype=work.dtype, device=work.device).view(1, 1, 3, 3)
-        # Integer weights, one division at the end: exact on uint8 levels.
-        smooth = F.conv2d(work.reshape(batch * channels, 1, height, width), kernel) / 13.0
-        smooth = smooth.view(batch, channels, height - 2, width - 2)
-        if images.dtype == torch.uint8:
-            smooth = smooth.round()  # PIL rounds the filtered image to 8 bits (ties cannot occur: /13)
-        degenerate = work.clone()
-        degenerate[:, :, 1:-1, 1:-1] = smooth
-    return _blend(degenerate, work, factor, images)
+    return _blend(_smoothed(images, work), work, factor, images)
 
 
 # ----------------------------------------------------------------------------------------------
 # geometric ops
 
+_CENTRES: Dict[Tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _pixel_centres(height: int, width: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cached float32 pixel-centre coordinates ``x + ½`` (1×1×W) and ``y + ½`` (1×H×1) on ``device``."""
+    key = (height, width, str(device))
+    if key not in _CENTRES:
+        xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5).view(1, 1, width)
+        ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5).view(1, height, 1)
+        _CENTRES[key] = (xs, ys)
+    return _CENTRES[key]
+
+
 def _affine(images: torch.Tensor, matrix: torch.Tensor, fill: torch.Tensor, interpolation: str) -> torch.Tensor:
     batch, channels, height, width = images.shape
     device = images.device
-    m = matrix.to(device=device, dtype=torch.float32).reshape(batch, 6, 1, 1)
-    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5).view(1, 1, width)
-    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5).view(1, height, 1)
-    src_x = m[:, 0] * xs + m[:, 1] * ys + m[:, 2]
-    src_y = m[:, 3] * xs + m[:, 4] * ys + m[:, 5]
+    m0, m1, m2, m3, m4, m5 = matrix.to(device=device, dtype=torch.float32).reshape(batch, 6, 1, 1).unbind(1)
+    xs, ys = _pixel_centres(height, width, device)
+    src_x = m0 * xs + m1 * ys + m2
+    src_y = m3 * xs + m4 * ys + m5
     inside = ((src_x >= 0) & (src_x < width) & (src_y >= 0) & (src_y < height)).unsqueeze(1)
 
     def gather(source: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:

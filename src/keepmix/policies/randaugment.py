@@ -78,6 +78,9 @@ class RandAugment(ImagePolicy):
         fill: 0–255 fill of the geometric ops (number or per channel), default 128.
         interpolation: ``"nearest"`` or ``"bilinear"``.
         generator: optional ``torch.Generator``.
+        engine: ``"auto"`` (fused step on accelerators and under ``torch.compile``, per-op-type
+            dispatch on the CPU), ``"fused"`` or ``"dispatch"``; same result for every choice
+            (:mod:`keepmix.policies._engine`).
 
     Images B×C×H×W, uint8 or float in [0, 1], 1 or 3 channels, un-normalised;
     output of the same dtype; targets returned unchanged. ``last_stats``:
@@ -89,8 +92,8 @@ class RandAugment(ImagePolicy):
 
     def __init__(self, num_ops: int = 2, magnitude: float = 9, num_magnitude_bins: int = 31,
                  magnitude_std: float = 0.0, fill=128, interpolation: str = "nearest",
-                 generator: Optional[torch.Generator] = None):
-        super().__init__(fill, interpolation, generator)
+                 generator: Optional[torch.Generator] = None, engine: str = "auto"):
+        super().__init__(fill, interpolation, generator, engine)
         self.num_ops = check_int(num_ops, "num_ops", low=0)
         self.num_magnitude_bins = check_int(num_magnitude_bins, "num_magnitude_bins", low=2)
         self.magnitude = check_real(magnitude, "magnitude", low=0.0, high=float(self.num_magnitude_bins - 1))
@@ -134,8 +137,8 @@ class TrivialAugmentWide(ImagePolicy):
     op_names = RANDAUGMENT_OPS
 
     def __init__(self, num_magnitude_bins: int = 31, fill=128, interpolation: str = "nearest",
-                 generator: Optional[torch.Generator] = None):
-        super().__init__(fill, interpolation, generator)
+                 generator: Optional[torch.Generator] = None, engine: str = "auto"):
+        super().__init__(fill, interpolation, generator, engine)
         self.num_magnitude_bins = check_int(num_magnitude_bins, "num_magnitude_bins", low=2)
 
     def sample_plan(self, batch_size: int, height: int, width: int, device) -> Dict[str, torch.Tensor]:
