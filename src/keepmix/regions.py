@@ -338,6 +338,21 @@ class BoxSample(NamedTuple):
     fallback: torch.Tensor
 
 
+def unit_scale(maps: torch.Tensor) -> torch.Tensor:
+    """Each map times the power of two that brings ``max |s_b|`` into [½, 1) (float32 out).
+
+    ``s_b · 2^(−e_b)`` with ``e_b`` the binary exponent of ``max |s_b|`` (``torch.frexp``; at most
+    2^126 up for maps below float32's normal range, which a single factor can reach). Multiplying
+    by a power of two is exact, so every window sum keeps its rounding and every comparison its
+    outcome — the selection is the same for ``c·s`` as for ``s`` at any finite scale c > 0, and no
+    window sum can overflow (the reported fault: maps near 2^127 overflowed to inf and changed the
+    boxes, or raised). Computed in the maps' dtype, then cast to float32. A zero map is unchanged.
+    """
+    exponent = torch.frexp(maps.abs().amax(dim=(1, 2), keepdim=True)).exponent.clamp_min(-126)
+    scaled = torch.ldexp(maps, -exponent)
+    return scaled if scaled.dtype == torch.float32 else scaled.float()
+
+
 def select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], widths: Union[int, torch.Tensor],
                  tau: float, *,
                  below: bool = True, clip: bool = False, generator: Optional[torch.Generator] = None) -> BoxSample:
@@ -372,6 +387,7 @@ def select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], widt
         :class:`BoxSample`.
     """
     check_maps(saliency, "saliency")
+    saliency = unit_scale(saliency)
     batch, height, width = saliency.shape
     if not clip and isinstance(heights, int) and isinstance(widths, int):  # one size: plain window sums
         if heights > height or widths > width:
