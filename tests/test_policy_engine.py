@@ -118,3 +118,17 @@ def test_auto_engine_compiles_as_one_graph_and_equals_the_fused_engine(name):
         out = compiled()
     torch.manual_seed(4)
     assert torch.equal(out, FACTORIES[name](engine="fused")(images, None)[0])
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+@pytest.mark.parametrize("values_per_chunk", [1, 700])
+def test_the_cpu_dispatch_in_chunks_gives_the_same_batch(name, values_per_chunk, monkeypatch):
+    """The CPU dispatch splits op groups (and AugMix's mixture) into cache-sized chunks of images; chunks
+    of one image, and of two, give the batch the fused engine gives in one piece."""
+    from keepmix.policies import _engine
+    monkeypatch.setattr(_engine, "CPU_CHUNK_ELEMENTS", values_per_chunk)
+    images = torch.randint(0, 256, (9, 3, 12, 10), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+    assert _engine.chunk_size(images) == max(1, values_per_chunk // 360)
+    outs = [FACTORIES[name](generator=torch.Generator().manual_seed(6), engine=engine)(images, None)[0]
+            for engine in ("dispatch", "fused")]
+    assert torch.equal(outs[0], outs[1])

@@ -68,8 +68,9 @@ def apply_per_sample(images: torch.Tensor, op_index: torch.Tensor, magnitude: to
         fill: 1×C×1×1 fill in the images' dtype (geometric ops).
         interpolation: ``"nearest"`` or ``"bilinear"`` (geometric ops).
 
-    Images are sorted by op (stable), each contiguous group goes through its op in
-    one batched call, and the results are scattered back to their places.
+    Images are grouped by op (a stable argsort; the group sizes are the one host read), each
+    group is gathered, goes through its op in one batched call and is written back in place;
+    images whose op is the identity are copied once and never gathered.
     """
     count = len(op_names)
     counts = torch.bincount(op_index, minlength=count).tolist()  # the one sync
@@ -79,16 +80,35 @@ def apply_per_sample(images: torch.Tensor, op_index: torch.Tensor, magnitude: to
     if len(present) == 1:
         return OPS[op_names[present[0]]](images, magnitude, fill, interpolation)
     order = torch.argsort(op_index, stable=True)
-    sorted_images = images.index_select(0, order)
-    sorted_magnitude = magnitude.index_select(0, order)
-    pieces = []
+    identity = any(op_names[k] == "identity" for k in present)
+    out = images.clone() if identity else torch.empty_like(images)
+    # On the CPU a group runs in chunks of about CPU_CHUNK_ELEMENTS values: the ops make a dozen
+    # full-size float temporaries, and a chunk's stay in cache (bilinear rotation of 64 images at
+    # 224 px: 570 ms in one piece, 115 ms in pieces of one or two images). Accelerators take a group whole.
+    chunk = chunk_size(images)
     start = 0
     for k in present:
-        n = counts[k]
-        pieces.append(OPS[op_names[k]](sorted_images.narrow(0, start, n), sorted_magnitude.narrow(0, start, n),
-                                       fill, interpolation))
-        start += n
-    return torch.empty_like(images).index_copy_(0, order, torch.cat(pieces))
+        group = order.narrow(0, start, counts[k])
+        start += counts[k]
+        if op_names[k] == "identity":
+            continue
+        for part in group.split(chunk):
+            result = OPS[op_names[k]](images.index_select(0, part), magnitude.index_select(0, part),
+                                      fill, interpolation)
+            out.index_copy_(0, part, result)
+    return out
+
+
+#: values per chunk of the CPU dispatch (see :func:`apply_per_sample`)
+CPU_CHUNK_ELEMENTS = 2 ** 18
+
+
+def chunk_size(images: torch.Tensor) -> int:
+    """Images per chunk for per-pixel work on this batch: about :data:`CPU_CHUNK_ELEMENTS` values on the
+    CPU (cache-sized temporaries), the whole batch on accelerators (where a chunk is a kernel launch)."""
+    if images.device.type != "cpu" or images.shape[0] == 0:
+        return max(1, images.shape[0])
+    return max(1, CPU_CHUNK_ELEMENTS // max(1, images[0].numel()))
 
 
 GEOMETRIC_OPS = frozenset({"rotate", "shear_x", "shear_y", "translate_x", "translate_y"})

@@ -41,7 +41,8 @@ from .. import _random
 from .._checks import check_finite
 from ..protocol import restore_dtype, to_float
 from . import functional as F
-from ._engine import ImagePolicy, MagnitudeRange, check_int, check_real, magnitude_values
+from ._engine import (ImagePolicy, MagnitudeRange, check_int, check_real, chunk_size, magnitude_values,
+                      use_fused)
 
 #: the AugMix op set (no ops that overlap the corruption benchmarks)
 AUGMIX_OPS = ("auto_contrast", "equalize", "posterize", "rotate", "solarize",
@@ -143,22 +144,31 @@ class AugMix(ImagePolicy):
         batch, _, height, width = images.shape
         plan = self.sample_plan(batch, height, width, images.device)
         fill = F.fill_tensor(self.fill, images)
-        clean = to_float(images)
         # the chains run side by side as one (width·B) batch: chain k of image i is row k·B + i
         chains = images.repeat(self.width, 1, 1, 1)
         op_index = plan["op_index"].transpose(0, 1).reshape(self.width * batch, self.max_depth)
         magnitude = plan["magnitude"].transpose(0, 1).reshape(self.width * batch, self.max_depth)
         for step in range(self.max_depth):
             chains = self._run(chains, op_index[:, step], magnitude[:, step], fill)
-        chains = to_float(chains).view(self.width, *images.shape)
-        weights = plan["chain_weights"].to(clean.dtype).t().reshape(self.width, batch, 1, 1, 1)
-        mixture = weights[0] * chains[0]
-        for chain in range(1, self.width):  # summed in chain order (a fixed width, not the batch)
-            mixture = mixture + weights[chain] * chains[chain]
-        m = plan["mix_weight"].to(clean.dtype).view(-1, 1, 1, 1)
-        mixed = (1 - m) * clean + m * mixture
+        chains = chains.view(self.width, *images.shape)
+        weights = plan["chain_weights"].t().reshape(self.width, batch, 1, 1, 1)
+        mix = plan["mix_weight"].view(-1, 1, 1, 1)
+        # the mixture in cache-sized chunks of images under the CPU dispatch, in one piece when fused
+        per = batch if use_fused(images, self.engine) else chunk_size(images)
+        pieces = [self._mix(images[i:i + per], chains[:, i:i + per], weights[:, i:i + per], mix[i:i + per])
+                  for i in range(0, batch, per)]
         self.last_stats = plan
-        return restore_dtype(mixed, images), targets
+        return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)), targets
+
+    def _mix(self, images, chains, weights, mix):
+        """``(1 − m)·x + m·Σ_k w_k·chain_k`` (chains summed in order), back in the images' dtype."""
+        clean = to_float(images)
+        weights, mix = weights.to(clean.dtype), mix.to(clean.dtype)
+        mixture = weights[0] * to_float(chains[0])
+        for chain in range(1, self.width):  # summed in chain order (a fixed width, not the batch)
+            mixture = mixture + weights[chain] * to_float(chains[chain])
+        mixed = (1 - mix) * clean + mix * mixture
+        return restore_dtype(mixed, images)
 
     def _repr_fields(self):
         return {"severity": self.severity, "width": self.width, "depth": self.depth, "alpha": self.alpha,
