@@ -4,6 +4,7 @@
     python tools/readme_numbers.py --reuse    # rewrite from the finished runs under runs/readme/ only
     python tools/readme_numbers.py --launches # rewrite only the operator-call table (deterministic, ~1 min)
     python tools/readme_numbers.py --boxes    # rewrite only the box-family table (deterministic, seconds)
+    python tools/readme_numbers.py --policies # rewrite only the policies' batched-vs-loop table (~1 min, timed)
 
 Each seed is `OMP_NUM_THREADS=2 keepmix train --set seed=S --set name=readme/default_seedS` (2 torch threads:
 another count gives other numbers; all four arms of the default recipe: Cutout, KeepCutout, KeepCutout with
@@ -193,6 +194,32 @@ def rewrite(readme: Path, block: str, begin: str = BEGIN, end: str = END) -> Non
     readme.write_text(pattern.sub(lambda _: block, text), encoding="utf-8")
 
 
+POLICY_BEGIN, POLICY_END = "<!-- numbers:policies -->", "<!-- /numbers:policies -->"
+POLICY_OPS = ("AutoAugment", "RandAugment", "TrivialAugmentWide", "AugMix",
+              "KeepAutoAugment", "KeepRandAugment", "KeepTrivialAugment", "KeepAugMix")
+#: the speed issue's targets: batched / per-image loop of the same op, by image side
+POLICY_TARGETS = {32: 4.0, 224: 1.0}
+
+
+def render_policies() -> str:
+    """Batched vs per-image-loop throughput of the policies (CPU, one thread, both sizes), from
+    keepmix.benchmark_policies, with the verdict of each row against the speed targets."""
+    sys.path.insert(0, str(ROOT / "src"))
+    import torch
+    from keepmix.benchmark_policies import device_name, format_table, run
+    torch.set_num_threads(1)
+    rows = run(sizes=[(256, 3, 32, 32), (64, 3, 224, 224)], ops=POLICY_OPS, device="cpu")
+    missed = [f"{r['op']} at {r['size'][2]} px ({r['speedup']:.1f}×)" for r in rows
+              if r["speedup"] < POLICY_TARGETS[r["size"][2]]]
+    verdict = ("every row meets its target" if not missed else "missed: " + ", ".join(missed))
+    command = "python benchmarks/policies.py --ops " + " ".join(POLICY_OPS) + " --threads 1"
+    lines = [POLICY_BEGIN, f"`{command}` printed (torch {torch.__version__}):", "", "```",
+             format_table(rows, device_name("cpu")), "```", "",
+             f"Targets: batched ≥ 4× the loop at 32 px, ≥ 1× at 224 px — {verdict}. "
+             "Written by `python tools/readme_numbers.py --policies`.", "", POLICY_END]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -200,7 +227,14 @@ def main(argv=None) -> int:
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     parser.add_argument("--launches", action="store_true", help="rewrite only the operator-call table")
     parser.add_argument("--boxes", action="store_true", help="rewrite only the box-family table (seconds)")
+    parser.add_argument("--policies", action="store_true",
+                        help="rewrite only the policies' batched-vs-loop table (about a minute; time it alone)")
     args = parser.parse_args(argv)
+    if args.policies:
+        block = render_policies()
+        rewrite(args.readme, block, POLICY_BEGIN, POLICY_END)
+        print(block)
+        return 0
     if args.boxes:
         block = render_boxes()
         rewrite(args.readme, block, BOX_BEGIN, BOX_END)

@@ -256,9 +256,43 @@ def _input_gradient_maps(forward, modules, images, targets, reduce: str, scale: 
 
 
 def _box3_replicate(x: torch.Tensor) -> torch.Tensor:
-    """3×3 mean filter with replicate padding on B×H×W."""
-    padded = F.pad(x.unsqueeze(1), (1, 1, 1, 1), mode="replicate")
-    return F.avg_pool2d(padded, 3, stride=1).squeeze(1)
+    """3×3 mean filter with replicate padding on B×H×W (two banded matrix products)."""
+    return _separable(x, (1.0 / 3.0,) * 3, "replicate", "replicate")
+
+
+def _filter_taps(kernel_size: int, sigma: float) -> Tuple[float, ...]:
+    half = (kernel_size - 1) / 2.0
+    taps = [math.exp(-((i - half) ** 2) / (2.0 * sigma ** 2)) for i in range(kernel_size)]
+    total = math.fsum(taps)
+    return tuple(t / total for t in taps)
+
+
+@functools.lru_cache(maxsize=256)
+def _filter_matrix(n: int, taps: Tuple[float, ...], mode: str, dtype: torch.dtype, device: torch.device
+                   ) -> torch.Tensor:
+    """The n×n matrix M of a 1-d filter with padding folded in: ``(x @ M)[j] = Σ_t taps[t]·x[src(j + t − pad)]``,
+    src reflecting (``"reflect"``: −1 → 1) or clamping (``"replicate"``) outside [0, n). Built on the host in
+    double precision once per (n, taps, mode, dtype, device)."""
+    pad = len(taps) // 2
+    rows = [[0.0] * n for _ in range(n)]
+    for j in range(n):
+        for t, weight in enumerate(taps):
+            src = j + t - pad
+            if mode == "reflect":
+                src = -src if src < 0 else (2 * (n - 1) - src if src >= n else src)
+            else:
+                src = min(max(src, 0), n - 1)
+            rows[src][j] += weight
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.tensor(rows, dtype=dtype, device=device)
+
+
+def _separable(x: torch.Tensor, taps: Tuple[float, ...], mode_h: str, mode_w: str) -> torch.Tensor:
+    """A separable filter on B×H×W as two banded matrix products (rows, then columns): two calls, where
+    padding and two 1-channel convolutions took six (and the convolutions are slow on the CPU)."""
+    h, w = x.shape[-2:]
+    rows = x @ _filter_matrix(w, taps, mode_w, x.dtype, x.device)
+    return _filter_matrix(h, taps, mode_h, x.dtype, x.device).t() @ rows
 
 
 def spectral_residual(images: torch.Tensor, *, max_size: int = 128, blur: Optional[Tuple[int, float]] = (7, 3.0)
@@ -310,10 +344,7 @@ def spectral_residual(images: torch.Tensor, *, max_size: int = 128, blur: Option
 def gaussian_kernel1d(kernel_size: int, sigma: float, *, device=None, dtype=torch.float32) -> torch.Tensor:
     """Normalised 1-d Gaussian taps exp(−x²/2σ²), x = −(k−1)/2 … (k−1)/2 (computed on the host in
     double precision, made once per (k, σ, dtype, device))."""
-    half = (kernel_size - 1) / 2.0
-    taps = [math.exp(-((i - half) ** 2) / (2.0 * sigma ** 2)) for i in range(kernel_size)]
-    total = math.fsum(taps)
-    return _cached(tuple(t / total for t in taps), dtype, torch.device(device) if device is not None
+    return _cached(_filter_taps(kernel_size, sigma), dtype, torch.device(device) if device is not None
                    else torch.device("cpu"))
 
 
@@ -325,7 +356,7 @@ def _cached(values: Tuple[float, ...], dtype: torch.dtype, device: torch.device)
 
 
 def gaussian_blur(maps: torch.Tensor, kernel_size: int = 7, sigma: float = 3.0) -> torch.Tensor:
-    """Separable Gaussian blur of maps B×H×W with reflect padding.
+    """Separable Gaussian blur of maps B×H×W with reflect padding (two banded matrix products).
 
     Reflect padding needs the pad ((k−1)/2) to be smaller than the side; on a
     side that short the padding falls back to replicate (documented so a 2×2
@@ -338,16 +369,12 @@ def gaussian_blur(maps: torch.Tensor, kernel_size: int = 7, sigma: float = 3.0) 
     if kernel_size == 1:
         return maps
     dtype = maps.dtype if maps.dtype in (torch.float32, torch.float64) else torch.float32
-    x = (maps if maps.dtype == dtype else maps.to(dtype)).unsqueeze(1)
-    taps = gaussian_kernel1d(kernel_size, sigma, device=maps.device, dtype=dtype)
+    x = maps if maps.dtype == dtype else maps.to(dtype)
     pad = kernel_size // 2
     h, w = x.shape[-2:]
     mode_h = "reflect" if h > pad else "replicate"
     mode_w = "reflect" if w > pad else "replicate"
-    x = F.pad(x, (pad, pad, 0, 0), mode=mode_w)
-    x = F.conv2d(x, taps.view(1, 1, 1, -1))
-    x = F.pad(x, (0, 0, pad, pad), mode=mode_h)
-    x = F.conv2d(x, taps.view(1, 1, -1, 1)).squeeze(1)
+    x = _separable(x, _filter_taps(kernel_size, sigma), mode_h, mode_w)
     return x if x.dtype == maps.dtype else x.to(maps.dtype)
 
 
