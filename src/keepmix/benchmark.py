@@ -302,9 +302,11 @@ def format_wall_times(times: Dict[str, float]) -> str:
     names = list(times)
     lines = ["wall time (ms, median)".ljust(60) + "ms"]
     lines += [name.ljust(60) + f"{times[name]:.2f}" for name in names]
-    lines.append(f"GuidedMixup-SR speed-up over the naive path: {times[names[1]] / times[names[0]]:.1f}x "
-                 f"(target: <= 5 ms and >= 5x); KeepCutout / Cutout: {times[names[3]] / times[names[2]]:.1f}x "
-                 f"(target <= 2x)")
+    guided, ratio = times[names[0]], times[names[3]] / times[names[2]]
+    lines.append(f"GuidedMixup-SR: {guided:.2f} ms (target <= 5 ms, i.e. >= 5x the official path's 26 ms measured "
+                 f"when the target was set: {'ok' if guided <= 5.0 else 'MISSED'}); "
+                 f"{times[names[1]] / guided:.1f}x the naive path above")
+    lines.append(f"KeepCutout / Cutout: {ratio:.1f}x (target <= 2x: {'ok' if ratio <= 2.0 else 'MISSED'})")
     return "\n".join(lines)
 
 
