@@ -154,11 +154,11 @@ CASES: Dict[str, Case] = {
     "AutoAugment": Case(lambda c: _policies().AutoAugment(generator=c["g"], engine="fused"), 2 * 220 + 60,
                         raw=True, note=_POLICY),
     "RandAugment": Case(lambda c: _policies().RandAugment(generator=c["g"], engine="fused"), 2 * 220 + 60,
-                        raw=True, note=_POLICY),
+                        raw=True, note="as AutoAugment (2 steps)"),
     "TrivialAugmentWide": Case(lambda c: _policies().TrivialAugmentWide(generator=c["g"], engine="fused"),
-                               220 + 60, raw=True, note=_POLICY),
+                               220 + 60, raw=True, note="as AutoAugment (1 step)"),
     "AugMix": Case(lambda c: _policies().AugMix(generator=c["g"], engine="fused"), 3 * 220 + 60, raw=True,
-                   note=_POLICY + "; AugMix runs its 3 chains side by side as one batch, 3 steps deep"),
+                   note="as AutoAugment; its 3 chains run side by side as one batch, 3 steps deep"),
 }
 
 
