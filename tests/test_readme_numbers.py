@@ -131,3 +131,32 @@ def test_readme_box_family_table_is_what_the_tool_computes_now():
         cutout, old, new = values[:3]
         assert abs(new - cutout) < 0.5 and cutout - old > 4.0     # fair now; the old rule erased less
         assert abs(values[4] - values[5]) < 0.5                   # full windows vs whole-box Cutout
+
+
+def _overhead_rows(text):
+    """{row name: (B=16, B=32, B=64)} of the verbatim `benchmarks/overhead.py` output under ## Overhead."""
+    section = text[text.index("## Overhead"):]
+    block = section[section.index("```\n") + 4:]
+    block = block[:block.index("```")]
+    rows = {}
+    for line in block.splitlines():
+        match = re.match(r"^(.*?)\s{2,}([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)", line)
+        if match:
+            rows[match.group(1).strip()] = match.groups()[1:]
+    return rows
+
+
+def test_the_memory_evidence_table_copies_the_overhead_run_it_names():
+    """The saliency-memory evidence quotes rows of the Overhead run: every copied number and the summary
+    sentence must be that run's (a rerun of the benchmark that updates one and not the other fails)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = _overhead_rows(text)
+    evidence = text[text.index("## Saliency memory: evidence"):text.index("**Fidelity** — ")]
+    copied = re.findall(r"^\| ([^|]+?) \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|", evidence, re.M)
+    assert len(copied) >= 6
+    for name, *values in copied:
+        assert rows[name] == tuple(values), name
+    keep = rows["KeepCutout, saliency memory (read + write), end to end"][2]
+    guided = rows["GuidedMixup-AP (greedy), saliency memory (read + write), end to end"][2]
+    assert f"within the 0.05 target ({keep} and {guided})" in evidence
+    assert float(keep) <= 0.05 and float(guided) <= 0.05
