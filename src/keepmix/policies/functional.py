@@ -360,7 +360,9 @@ def _contrast_mean(images: torch.Tensor, gray: torch.Tensor) -> torch.Tensor:
         count = gray.shape[2] * gray.shape[3]
         total = gray.to(torch.int64).sum(dim=(1, 2, 3), keepdim=True)
         return torch.div(2 * total + count, 2 * count, rounding_mode="floor").to(gray.dtype)
-    return gray.mean(dim=(1, 2, 3), keepdim=True)
+    # contiguous: the float sum's order follows the memory layout, and the engines' copies of a
+    # non-contiguous batch differ in layout (the fused step's resampled copy, the dispatch's gathers)
+    return gray.contiguous().mean(dim=(1, 2, 3), keepdim=True)
 
 
 def _contrast(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
