@@ -346,8 +346,12 @@ def unit_scale(maps: torch.Tensor) -> torch.Tensor:
     by a power of two is exact, so every window sum keeps its rounding and every comparison its
     outcome — the selection is the same for ``c·s`` as for ``s`` at any finite scale c > 0, and no
     window sum can overflow (the reported fault: maps near 2^127 overflowed to inf and changed the
-    boxes, or raised). Computed in the maps' dtype, then cast to float32. A zero map is unchanged.
+    boxes, or raised). Computed in float64 for float64 maps (then cast to float32), in float32 otherwise:
+    half-precision maps are widened first, since scaling in float16 would flush small values to zero
+    (a float16 map peaking at 6e4 lost every value below 2^-9). A zero map is unchanged.
     """
+    if maps.dtype not in (torch.float32, torch.float64):
+        maps = maps.float()
     exponent = torch.frexp(maps.abs().amax(dim=(1, 2), keepdim=True)).exponent.clamp_min(-126)
     scaled = torch.ldexp(maps, -exponent)
     return scaled if scaled.dtype == torch.float32 else scaled.float()
