@@ -228,3 +228,18 @@ def test_gradient_ops_work_on_images_made_under_inference_mode():
     out, soft = GuidedMixup(4, saliency="gradient", model=model, mix_prob=1.0, generator=_gen(10))(x, y)
     ref, soft_ref = GuidedMixup(4, saliency="gradient", model=model, mix_prob=1.0, generator=_gen(10))(plain, y)
     assert torch.equal(out, ref) and torch.equal(soft, soft_ref)
+
+
+@pytest.mark.parametrize("name", sorted(OPS_WITH_MAPS))
+def test_float64_maps_beyond_float32s_range_select_as_at_scale_one(name):
+    """Found in review: float64 maps of ~7e300 passed the finiteness check, then became inf in the cast to
+    float32 (KeepCutout(clip=True): IndexError; the other Keep ops: other boxes). They now reach float32
+    through an exact power-of-two rescale."""
+    g = _gen(21)
+    x = torch.rand(6, 3, 12, 12, generator=g)
+    y = torch.arange(6) % 5
+    maps = torch.rand(6, 12, 12, generator=g, dtype=torch.float64) ** 4
+    out_a, t_a = OPS_WITH_MAPS[name](_gen(22))(x, y, saliency_maps=maps)
+    out_b, t_b = OPS_WITH_MAPS[name](_gen(22))(x, y, saliency_maps=maps * 7e300)
+    torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(t_a, t_b, rtol=1e-5, atol=1e-6)

@@ -3,6 +3,7 @@ model state preserved by every saliency pass."""
 
 from __future__ import annotations
 
+import math
 import copy
 
 import numpy as np
@@ -534,3 +535,26 @@ def test_train_mode_saliency_switches_dropout_off_and_restores_it(make_tiny_net)
     # batch statistics are still used: the map of an image depends on the rest of the batch
     alone = gradient(net, x[:3], y[:3], reduce="rms", bn="train")
     assert not torch.allclose(alone, first[:3])
+
+
+@pytest.mark.parametrize("dtype,low,high", [(torch.float32, -149, 127), (torch.float64, -1074, 1023)])
+def test_unit_scale_multiplies_by_an_exact_power_of_two(dtype, low, high):
+    """unit_scale(s) = s·2^(−e) with 2^(e−1) ≤ max|s| < 2^e: bit-exact (the mantissa is unchanged), for
+    every binary exponent of the dtype; maps below the normal range are scaled up as far as it allows."""
+    from keepmix.saliency import unit_scale
+    tiny = torch.finfo(dtype).tiny
+    for exponent in range(low, high + 1):
+        for mantissa in (0.5, 0.640625, 0.999755859375):  # exact in float32
+            peak = math.ldexp(mantissa, exponent)
+            if peak == 0.0:
+                continue
+            maps = torch.tensor([[[peak, -peak / 2], [peak / 4, 0.0]]], dtype=dtype)
+            out = unit_scale(maps)
+            assert out.dtype == torch.float32
+            if peak >= tiny:
+                expected = torch.tensor([[[mantissa, -mantissa / 2], [mantissa / 4, 0.0]]])
+                assert torch.equal(out, expected), (exponent, mantissa)
+            else:  # subnormal peaks: scaled by the factor of the smallest normal peak, exactly
+                factor = math.frexp(tiny)[0] / tiny
+                assert torch.equal(out, (maps * factor).float()), (exponent, mantissa)
+    assert torch.equal(unit_scale(torch.zeros(2, 3, 3, dtype=dtype)), torch.zeros(2, 3, 3))

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from . import _random
 from ._checks import SizeLike, check_flag, check_generator, check_maps, check_probability, check_size
+from .saliency import unit_scale
 
 
 class IntegralImage(NamedTuple):
@@ -336,25 +337,6 @@ class BoxSample(NamedTuple):
     height: torch.Tensor
     width: torch.Tensor
     fallback: torch.Tensor
-
-
-def unit_scale(maps: torch.Tensor) -> torch.Tensor:
-    """Each map times the power of two that brings ``max |s_b|`` into [½, 1) (float32 out).
-
-    ``s_b · 2^(−e_b)`` with ``e_b`` the binary exponent of ``max |s_b|`` (``torch.frexp``; at most
-    2^126 up for maps below float32's normal range, which a single factor can reach). Multiplying
-    by a power of two is exact, so every window sum keeps its rounding and every comparison its
-    outcome — the selection is the same for ``c·s`` as for ``s`` at any finite scale c > 0, and no
-    window sum can overflow (the reported fault: maps near 2^127 overflowed to inf and changed the
-    boxes, or raised). Computed in float64 for float64 maps (then cast to float32), in float32 otherwise:
-    half-precision maps are widened first, since scaling in float16 would flush small values to zero
-    (a float16 map peaking at 6e4 lost every value below 2^-9). A zero map is unchanged.
-    """
-    if maps.dtype not in (torch.float32, torch.float64):
-        maps = maps.float()
-    exponent = torch.frexp(maps.abs().amax(dim=(1, 2), keepdim=True)).exponent.clamp_min(-126)
-    scaled = torch.ldexp(maps, -exponent)
-    return scaled if scaled.dtype == torch.float32 else scaled.float()
 
 
 def select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], widths: Union[int, torch.Tensor],

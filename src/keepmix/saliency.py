@@ -13,7 +13,8 @@ non-negative, on the batch's device.
   the first block's output, an auxiliary loss for training, and saliency
   through that shallow path only.
 * :func:`gaussian_blur`, :func:`normalize_sum` — the post-processing
-  GuidedMixup applies before pairing and masking.
+  GuidedMixup applies before pairing and masking; :func:`unit_scale` — the exact power-of-two
+  rescale under KeepAugment's box selection.
 
 Saliency *sources* (:class:`GradientSaliency`, :class:`SpectralSaliency`,
 :class:`EarlyHeadSaliency`) wrap these as callables ``source(images, targets)
@@ -378,6 +379,27 @@ def gaussian_blur(maps: torch.Tensor, kernel_size: int = 7, sigma: float = 3.0) 
     return x if x.dtype == maps.dtype else x.to(maps.dtype)
 
 
+def unit_scale(maps: torch.Tensor) -> torch.Tensor:
+    """Each map times the power of two that brings ``max |s_b|`` into [½, 1); float32 out.
+
+    With ``p_b = max(max |s_b|, tiny)`` and ``p_b = m_b·2^(e_b)`` (``torch.frexp``, ½ ≤ m_b < 1),
+    the factor ``m_b / p_b`` is exactly ``2^(−e_b)`` (a correctly rounded division whose exact
+    quotient is representable). Multiplying by a power of two is exact, so window sums keep their
+    rounding and every comparison its outcome: an op that only compares sums within a map (the
+    KeepAugment selection) chooses the same for ``c·s`` as for ``s`` at any finite scale c > 0, and
+    no sum of a scaled map can overflow (maps near 2^127 used to overflow to inf and change the
+    boxes, or raise). Computed in float64 for float64 maps (so maps beyond float32's range survive
+    the cast), in float32 otherwise: half-precision maps are widened first (scaling in float16 would
+    flush small values to zero). A zero map stays zero; maps below float32's normal range are scaled
+    up by 2^125 at most. Shapes: B×H×W in and out.
+    """
+    if maps.dtype not in (torch.float32, torch.float64):
+        maps = maps.float()
+    peak = maps.abs().amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(maps.dtype).tiny)
+    scaled = maps * (torch.frexp(peak).mantissa / peak)
+    return scaled if scaled.dtype == torch.float32 else scaled.float()
+
+
 def normalize_sum(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Sum-to-1 normalisation, scale-free: ŝ = s / max s, then (ŝ + ε) / Σ (ŝ + ε) per map.
 
@@ -685,4 +707,6 @@ def compute_maps(source: Optional[SaliencySource], images: torch.Tensor, targets
                              "or precomputed maps as saliency_maps= to the call")
         maps = source(images, targets)
     check_maps(maps, "saliency_maps", batch=images.shape[0], size=tuple(images.shape[-2:]), boundary=True)
-    return maps if maps.dtype == torch.float32 else maps.float()
+    # other dtypes reach float32 through an exact power-of-two rescale: float64 maps beyond float32's range
+    # would otherwise become inf, half-precision ones lose their small values
+    return maps if maps.dtype == torch.float32 else unit_scale(maps)
