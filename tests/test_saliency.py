@@ -421,7 +421,8 @@ def test_gaussian_kernel_definition():
     assert taps.sum().item() == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("shape", [(2, 9, 8), (1, 31, 17), (2, 2, 2), (1, 10, 3), (1, 4, 40), (1, 1, 1)])
+@pytest.mark.parametrize("shape", [(2, 9, 8), (1, 31, 17), (2, 2, 2), (1, 10, 3), (1, 4, 40), (1, 1, 1),
+                                   (1, 300, 5), (1, 3, 257)])  # the last two: the convolution path
 def test_gaussian_blur_matches_numpy(shape):
     maps = torch.rand(*shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     blurred = gaussian_blur(maps, 7, 3.0)

@@ -268,7 +268,7 @@ def _filter_taps(kernel_size: int, sigma: float) -> Tuple[float, ...]:
     return tuple(t / total for t in taps)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)
 def _filter_matrix(n: int, taps: Tuple[float, ...], mode: str, dtype: torch.dtype, device: torch.device
                    ) -> torch.Tensor:
     """The n×n matrix M of a 1-d filter with padding folded in: ``(x @ M)[j] = Σ_t taps[t]·x[src(j + t − pad)]``,
@@ -288,12 +288,23 @@ def _filter_matrix(n: int, taps: Tuple[float, ...], mode: str, dtype: torch.dtyp
         return torch.tensor(rows, dtype=dtype, device=device)
 
 
+#: sides up to this are filtered by banded matrix products; longer ones by padding and convolution
+#: (a product costs O(side) per value, a convolution O(taps): at 2048 px the convolution is faster)
+_MATRIX_SIDE_LIMIT = 256
+
+
 def _separable(x: torch.Tensor, taps: Tuple[float, ...], mode_h: str, mode_w: str) -> torch.Tensor:
-    """A separable filter on B×H×W as two banded matrix products (rows, then columns): two calls, where
-    padding and two 1-channel convolutions took six (and the convolutions are slow on the CPU)."""
+    """A separable filter on B×H×W: two banded matrix products (rows, then columns) for sides up to
+    :data:`_MATRIX_SIDE_LIMIT` — two calls where padding and two 1-channel convolutions took six, and
+    those convolutions are slow on the CPU — else padding and two 1-channel convolutions."""
     h, w = x.shape[-2:]
-    rows = x @ _filter_matrix(w, taps, mode_w, x.dtype, x.device)
-    return _filter_matrix(h, taps, mode_h, x.dtype, x.device).t() @ rows
+    if max(h, w) <= _MATRIX_SIDE_LIMIT:
+        rows = x @ _filter_matrix(w, taps, mode_w, x.dtype, x.device)
+        return _filter_matrix(h, taps, mode_h, x.dtype, x.device).t() @ rows
+    pad = len(taps) // 2
+    kernel = _cached(taps, x.dtype, x.device)
+    y = F.conv2d(F.pad(x.unsqueeze(1), (pad, pad, 0, 0), mode=mode_w), kernel.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(y, (0, 0, pad, pad), mode=mode_h), kernel.view(1, 1, -1, 1)).squeeze(1)
 
 
 def spectral_residual(images: torch.Tensor, *, max_size: int = 128, blur: Optional[Tuple[int, float]] = (7, 3.0)
