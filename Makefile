@@ -8,9 +8,14 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: install train test bench show clean
+.PHONY: install train test bench show clean FORCE
 
-$(VENV)/.installed: pyproject.toml
+# The torch spec in use, rewritten only when TORCH or TORCH_INDEX changes: a new spec reinstalls.
+$(VENV)/.torch-spec: FORCE
+	@mkdir -p $(VENV)
+	@echo '$(TORCH) $(TORCH_INDEX)' | cmp -s - $@ || echo '$(TORCH) $(TORCH_INDEX)' > $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch-spec
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)")
 	$(BIN)/python -m pip install -q -e ".[test]"
