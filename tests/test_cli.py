@@ -117,6 +117,24 @@ def test_bad_override_exits_with_a_message_naming_the_key(capsys):
     assert "optim.lrr" in err and "did you mean 'optim.lr'" in err
 
 
+def test_a_top_level_key_that_lives_in_a_section_gets_the_sections_key_as_hint(capsys):
+    """From a new user's trial: --set epochs=2 listed the top-level keys without naming optim.epochs."""
+    from keepmix.cli import main
+    assert main(["train", "--set", "epochs=2", "--print-config"]) == 2
+    assert "unknown key 'epochs' (did you mean 'optim.epochs'?)" in capsys.readouterr().err
+    assert main(["train", "--set", "batch_sze=8", "--print-config"]) == 2
+    assert "did you mean 'optim.batch_size'?" in capsys.readouterr().err
+
+
+def test_print_config_checks_the_arm_names_as_a_run_does(capsys):
+    """From a new user's trial: --arm with a typo and --print-config exited 0 and printed every arm."""
+    from keepmix.cli import main
+    assert main(["train", "--arm", "keep_cutot", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown arm(s) ['keep_cutot']" in err and "did you mean 'keep_cutout'?" in err
+    assert main(["train", "--arm", "keep_cutout", "--print-config"]) == 0
+
+
 def test_print_config_shows_typed_overrides_of_the_default_recipe(capsys):
     import yaml
     from keepmix.cli import main

@@ -312,16 +312,18 @@ def format_wall_times(times: Dict[str, float]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="keepmix bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64],
+                        help="batch sizes to time (default 16 32 64; the targets are judged at 64)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1… (default: cuda if available)")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per row; the median is reported (10)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs before timing each row (3)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default=None,
                         help="autocast of the training step (default: bf16 on CUDA, none elsewhere)")
     parser.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
                         help="model and batch in channels-last format (default on CUDA)")
-    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                        help="keep the contiguous format on CUDA")
     parser.add_argument("--no-loops", action="store_true", help="skip the per-image loop references")
     parser.add_argument("--wall-times", action="store_true",
                         help="also time GuidedMixup-SR on 100 images against the naive path, KeepCutout against Cutout")

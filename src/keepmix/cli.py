@@ -42,7 +42,8 @@ TRAIN_FLAGS = {
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a recipe (default: the Cutout vs KeepCutout comparison)",
+    p = sub.add_parser("train", help="train a recipe (default: Cutout vs KeepCutout, its null control and its "
+                       "saliency-memory arm)",
                        description="Train a YAML recipe; every arm of a comparison recipe runs in turn.")
     p.add_argument("recipe", nargs="?", default=None, help="recipe file or name (default: 'default')")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -176,7 +177,8 @@ def _add_plot(sub) -> None:
 
 
 def _add_list(sub) -> None:
-    p = sub.add_parser("list", help="list recipes, ops, models or data sets, one per line with a description")
+    p = sub.add_parser("list", help="list recipes, ops, models, data sets or experiments, one per line with a "
+                       "description")
     p.add_argument("what", nargs="?", default="recipes",
                    choices=["recipes", "ops", "models", "datasets", "experiments"])
 
@@ -237,7 +239,7 @@ def cmd_train(args) -> int:
         if recipe_file is not None and recipe_file.is_file():
             config = load_recipe(recipe_file, overrides)
             if args.print_config:
-                return _print_config(config)
+                return _print_config(config, args.arms)
             run(config, arms=args.arms, resume=True, run_dir=target, quiet=args.quiet,
                 stop_after_epoch=args.stop_after_epoch)
             return 0
@@ -260,14 +262,16 @@ def cmd_train(args) -> int:
         return 0
     config = load_recipe(args.recipe, overrides)
     if args.print_config:
-        return _print_config(config)
+        return _print_config(config, args.arms)
     run(config, arms=args.arms, resume=bool(args.resume), quiet=args.quiet, stop_after_epoch=args.stop_after_epoch)
     return 0
 
 
-def _print_config(config) -> int:
-    from .recipes import config_to_yaml
+def _print_config(config, arms=None) -> int:
+    from .recipes import config_to_yaml, expand_arms
     from .train import validate_build
+    if arms:  # the arm names are checked as a run would check them
+        expand_arms(config, arms)
     validate_build(config)
     print(config_to_yaml(config), end="")
     return 0

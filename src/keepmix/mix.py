@@ -129,6 +129,9 @@ class GuidedMixup(Op):
                  model=None, generator: Optional[torch.Generator] = None):
         super().__init__(generator)
         self.num_classes = check_num_classes(num_classes)
+        if isinstance(saliency, str) and saliency not in ("spectral", "sr", "gradient", "random"):
+            raise ValueError(f"saliency given as a string must be 'spectral' (Guided-SR), 'gradient' (Guided-AP, "
+                             f"with model=) or 'random' (the null control), got {saliency!r}")
         if saliency == "gradient":
             if model is None:
                 raise ValueError("saliency='gradient' needs model=")

@@ -136,6 +136,9 @@ class Op(nn.Module, abc.ABC):
             return self._single(images, targets, kwargs, pair=targets is not None)
         if not isinstance(images, torch.Tensor):
             check_images(images)  # TypeError naming what was given
+        if images.ndim == 3 and self.mixes_labels:
+            raise ValueError(f"{type(self).__name__} mixes images of a batch: images must be B×C×H×W, got one "
+                             f"image of shape {tuple(images.shape)} (add a batch dimension: images[None])")
         # value checks of the whole call are read back with one sync at the end; the op's maths run in
         # the batch's own dtype, whatever autocast the caller runs under
         if torch.compiler.is_compiling():  # traced: no value checks (they need a host read), same maths

@@ -462,9 +462,17 @@ def _coerce(value, tp, key: str):
     raise TypeError(f"{key}: unsupported field type {tp!r}")  # pragma: no cover - schema error
 
 
-def _unknown_key(key: str, known: Sequence[str], prefix: str) -> ValueError:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
+def _unknown_key(key: str, known: Sequence[str], prefix: str, owner=None) -> ValueError:
+    """The error for an unknown key, with a did-you-mean: a close key at this level, else a field of that
+    name (or close to it) one level down in ``owner``'s nested sections (``epochs`` → ``optim.epochs``)."""
+    close = [prefix + c for c in difflib.get_close_matches(key, known, n=1)]
+    if not close and owner is not None:
+        hints = _hints(owner)
+        nested = [f"{name}.{field.name}" for name in known if dataclasses.is_dataclass(hints.get(name))
+                  for field in dataclasses.fields(hints[name])]
+        leaves = {path.split(".")[-1]: path for path in nested}
+        close = [prefix + leaves[c] for c in difflib.get_close_matches(key, list(leaves), n=1)]
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ValueError(f"unknown key {prefix + key!r}{hint}; known keys: {', '.join(prefix + k for k in known)}")
 
 
@@ -473,7 +481,7 @@ def _from_dict(cls, data: Dict[str, Any], prefix: str = ""):
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            raise _unknown_key(str(key), names, prefix)
+            raise _unknown_key(str(key), names, prefix, cls)
     kwargs = {key: _coerce(value, hints[key], prefix + key) for key, value in data.items()}
     return cls(**kwargs)
 
@@ -698,7 +706,7 @@ def set_by_path(data: Dict[str, Any], key: str, value: Any) -> None:
         if cls is not None:
             names = [f.name for f in dataclasses.fields(cls)]
             if part not in names:
-                raise _unknown_key(part, names, prefix)
+                raise _unknown_key(part, names, prefix, cls)
             tp = _hints(cls)[part]
             if typing.get_origin(tp) in (list, List):
                 (item,) = typing.get_args(tp) or (Any,)
