@@ -131,7 +131,9 @@ def test_single_image_with_gradient_saliency_uses_its_label(make_tiny_net):
 
 
 def test_mixers_need_a_batch():
-    with pytest.raises(ValueError, match="4 dimensions"):
+    with pytest.raises(ValueError, match="Mixup mixes images of a batch: images must be B×C×H×W"):
         Mixup(3)(torch.rand(3, 8, 8), 1)
-    with pytest.raises(ValueError, match="4 dimensions"):
+    with pytest.raises(ValueError, match="CutMix mixes images of a batch: images must be B×C×H×W"):
         CutMix(3)(torch.rand(3, 8, 8), torch.tensor(1))
+    with pytest.raises(ValueError, match="4 dimensions"):  # other shapes: the batch check's own message
+        Mixup(3)(torch.rand(8, 8), torch.tensor(1))
