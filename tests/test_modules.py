@@ -131,6 +131,10 @@ def test_single_image_with_gradient_saliency_uses_its_label(make_tiny_net):
 
 
 def test_mixers_need_a_batch():
+    """From a new user's trial: a single image got only "images must have 4 dimensions"."""
+    from keepmix import GuidedMixup
+    with pytest.raises(ValueError, match=r"GuidedMixup mixes images of a batch: .*add a batch dimension: images\[None\]"):
+        GuidedMixup(3)(torch.rand(3, 8, 8), torch.tensor(1))
     with pytest.raises(ValueError, match="Mixup mixes images of a batch: images must be B×C×H×W"):
         Mixup(3)(torch.rand(3, 8, 8), 1)
     with pytest.raises(ValueError, match="CutMix mixes images of a batch: images must be B×C×H×W"):
