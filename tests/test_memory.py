@@ -178,6 +178,35 @@ def test_memory_source_falls_back_for_unwritten_samples_and_counts_them():
     assert fallback.calls == 2 and source.last_stats["memory_fallback"].all()
 
 
+def test_a_sample_whose_visit_wrote_nothing_still_gets_the_fallback_next_time():
+    # Mixup's λ < ½ (own < min_own everywhere), a fully erased image or an fp16 overflow step write no cell:
+    # the sample stays unwritten, and a later batch of it must run the fallback rather than read zeros
+    memory = SaliencyMemory(4, (4, 4), dtype="float32")
+    fallback = _Counting()
+    source = MemorySaliency(memory, fallback)
+    geometry = identity_geometry(torch.arange(4), (4, 4), host_index=torch.arange(4))
+    own = torch.tensor([1.0, 0.4, 1.0, 1.0])                       # sample 1: mostly its partner's
+    grad = torch.rand(4, 3, 4, 4) + 0.1
+    grad[3] = float("nan")                                          # sample 3: an overflow step
+    memory.record_gradient(geometry, grad, own)
+    assert memory.written.tolist() == [True, False, True, False]
+    assert memory.unseen(geometry)
+    with memory.batch(geometry):
+        maps = source(torch.rand(4, 3, 4, 4))
+    assert fallback.calls == 1
+    assert source.last_stats["memory_fallback"].tolist() == [False, True, False, True]
+    assert float(maps[1, 0, 0]) == 1.0 and float(maps[1].sum()) == 1.0 and float(maps[3].sum()) == 1.0
+    assert memory.counters().tolist()[:2] == [4.0, 2.0]
+    memory.record_gradient(geometry, torch.rand(4, 3, 4, 4) + 0.1)
+    assert not memory.unseen(geometry)
+    # a checkpoint of an older run (seen meant "passed to a write") loads as "written"
+    state = memory.state_dict()
+    state["seen"], state["written"] = torch.ones(4, dtype=torch.bool), torch.tensor([True, False, True, True])
+    again = SaliencyMemory(4, (4, 4), dtype="float32")
+    again.load_state_dict(state)
+    assert again.unseen(geometry) and not again.unseen(identity_geometry(torch.tensor([0, 2, 3]), (4, 4)))
+
+
 def test_memory_source_refuses_a_batch_its_geometry_does_not_describe():
     memory = SaliencyMemory(4, (4, 4))
     with memory.batch(identity_geometry(torch.tensor([0, 1]), (4, 4))):

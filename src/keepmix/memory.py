@@ -10,7 +10,7 @@ coordinates, and the ops read it back the next time the sample comes round (one 
 image as the data set stores it, before crop and flip; R = the image's size by default,
 ``scale=0.5`` halves it), in float16 (or bfloat16/float32), on the data's device, plus
 ``written_n`` (any pixel written yet), ``stamp_n`` (the epoch of the last write; age = epoch − stamp)
-and, on the host, ``seen_n`` (ever passed to a write). Memory cost::
+and, on the host, ``seen_n`` (a copy of ``written_n``, landed without a sync). Memory cost::
 
     bytes = N · R_h · R_w · (2 for float16/bfloat16, 4 for float32)  +  5 N
 
@@ -60,7 +60,8 @@ MemorySaliency(memory, fallback=model))``): the engine binds the batch's geometr
 sampled at the source position it shows (0 off the source image), float32 B×H×W. Samples never
 written get the ``fallback`` source's maps instead (a model → a fresh gradient pass, ``"spectral"``,
 ``"early_head"`` in recipes, or None → uniform maps); the fallback runs only for batches holding
-a sample the memory has never seen (decided on the host, no sync): in practice the first epoch.
+a sample the memory has never written (decided on the host, no sync): in practice the first epoch, and
+later the samples none of whose visits wrote a cell (Mixup's λ < ½, a fully erased image, an fp16 overflow step).
 ``last_stats["memory_fallback"]`` (B,) bool marks who fell back; the ops that take ``saliency=``
 copy it into their own ``last_stats``. Every consumer of saliency in keepmix is per-image
 scale-free (quantiles of window sums, sum-to-1 normalisation), so memory maps and fresh maps mix
@@ -209,8 +210,8 @@ class SaliencyMemory:
         self.epoch = 0
         self.current: Optional[BatchGeometry] = None
         self.distributed = False  # all-gather every write (set by the engine under DDP)
-        self._seen = torch.zeros(self.num_samples, dtype=torch.bool)  # host: ever passed to a write
-        self._pending: List[Tuple[torch.Tensor, Any]] = []            # device→host copies of gathered indices
+        self._seen = torch.zeros(self.num_samples, dtype=torch.bool)  # host: ever written (a lagging copy)
+        self._pending: List[Tuple[torch.Tensor, torch.Tensor, Any]] = []  # device→host copies: indices, written
         self.reset_counters()
         self._reader = MemorySaliency(self, fallback)
 
@@ -279,28 +280,38 @@ class SaliencyMemory:
     # ------------------------------------------------------------------ host bookkeeping
     def _flush_pending(self) -> None:
         still = []
-        for host, event in self._pending:
+        for host, flags, event in self._pending:
             if event is None or event.query():
-                self._seen[host] = True
+                self._seen[host[flags]] = True
             else:
-                still.append((host, event))
+                still.append((host, flags, event))
         self._pending = still
 
-    def _mark_seen(self, index: torch.Tensor) -> None:
-        if index.device.type == "cpu":
-            self._seen[index] = True
-        elif index.device.type == "cuda":  # an asynchronous copy, consulted once it has landed
-            host = torch.empty(index.shape, dtype=index.dtype, pin_memory=True)
-            host.copy_(index, non_blocking=True)
+    def _mark_seen(self, index: torch.Tensor, written: torch.Tensor, host_index: Optional[torch.Tensor] = None
+                   ) -> None:
+        """Record on the host which of ``index`` are now written (``written``, on the memory's device).
+
+        A sample passed to a write that wrote none of its cells (all pixels erased or mostly another
+        image's, a non-finite gradient) stays unseen: its batches keep running the fallback.
+        """
+        if written.device.type == "cpu":
+            self._seen[(host_index if host_index is not None else index.cpu())[written]] = True
+        elif written.device.type == "cuda":  # an asynchronous copy, consulted once it has landed
+            flags = torch.empty(written.shape, dtype=written.dtype, pin_memory=True)
+            flags.copy_(written, non_blocking=True)
+            host = host_index
+            if host is None:
+                host = torch.empty(index.shape, dtype=index.dtype, pin_memory=True)
+                host.copy_(index, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-            self._pending.append((host, event))
+            self._pending.append((host, flags, event))
         else:  # pragma: no cover - other accelerators: a plain copy
-            self._seen[index.cpu()] = True
+            self._seen[index.cpu()[written.cpu()]] = True
 
     def unseen(self, geometry: BatchGeometry) -> bool:
-        """Whether the batch holds a sample never passed to a write (host data only, no device sync
-        when the geometry has ``host_index``)."""
+        """Whether the batch holds a sample never written (host data only, no device sync when the
+        geometry has ``host_index``; a write still in flight counts as not yet made)."""
         self._flush_pending()
         host = geometry.host_index if geometry.host_index is not None else geometry.index.cpu()
         return not bool(self._seen[host].all())
@@ -393,11 +404,8 @@ class SaliencyMemory:
         new_stamp = torch.where(wrote, torch.full_like(old_stamp, self.epoch), old_stamp)
         if self.distributed and _world_size() > 1:
             index, new, new_written, new_stamp = _all_gather_rows(index, new, new_written, new_stamp)
-            self._mark_seen(index)
-        elif host_index is not None:
-            self._seen[host_index] = True
-        else:
-            self._mark_seen(index)
+            host_index = None
+        self._mark_seen(index, new_written, host_index)
         self.maps.index_copy_(0, index, new)
         self.written.index_copy_(0, index, new_written)
         self.stamp.index_copy_(0, index, new_stamp)
@@ -425,7 +433,7 @@ class SaliencyMemory:
     def state_dict(self) -> Dict[str, Any]:
         """Tensors and plain data (loads with ``weights_only=True``)."""
         self._flush_pending()
-        for host, event in self._pending:  # a checkpoint is a sync point anyway
+        for _, _, event in self._pending:  # a checkpoint is a sync point anyway
             if event is not None:
                 event.synchronize()
         self._flush_pending()
@@ -442,7 +450,7 @@ class SaliencyMemory:
         self.maps.copy_(state["maps"])
         self.written.copy_(state["written"])
         self.stamp.copy_(state["stamp"])
-        self._seen = state["seen"].to("cpu", torch.bool).clone()
+        self._seen = state["seen"].to("cpu", torch.bool) & self.written.to("cpu")  # saved before: ever passed
         self._pending = []
         self.epoch = int(state["epoch"])
 
