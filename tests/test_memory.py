@@ -207,6 +207,18 @@ def test_a_sample_whose_visit_wrote_nothing_still_gets_the_fallback_next_time():
     assert again.unseen(geometry) and not again.unseen(identity_geometry(torch.tensor([0, 2, 3]), (4, 4)))
 
 
+def test_indices_outside_the_memory_are_refused_before_any_indexing():
+    # on a GPU index_select out of range is a device-side assert; the host copy is checked instead
+    memory = SaliencyMemory(4, (3, 3), dtype="float32")
+    for index in ([4, 0], [-1, 0]):
+        geometry = identity_geometry(torch.tensor(index), (3, 3), host_index=torch.tensor(index))
+        with pytest.raises(IndexError, match="outside the memory's 0…3"):
+            memory.write(geometry, torch.rand(2, 3, 3) + 0.1)
+        with pytest.raises(IndexError, match="outside the memory's 0…3"):
+            memory.bind(geometry)
+    assert not memory.written.any() and not memory._seen.any()
+
+
 def test_memory_source_refuses_a_batch_its_geometry_does_not_describe():
     memory = SaliencyMemory(4, (4, 4))
     with memory.batch(identity_geometry(torch.tensor([0, 1]), (4, 4))):

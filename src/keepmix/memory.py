@@ -276,6 +276,15 @@ class SaliencyMemory:
     def _check_geometry(self, geometry: BatchGeometry) -> None:
         if not isinstance(geometry, _loader().BatchGeometry):
             raise TypeError(f"geometry must be a keepmix.data.BatchGeometry, got {type(geometry).__name__}")
+        # indices checked where they are on the host (free); on a device an index out of range would be
+        # a device-side assert that ends the process's use of the device
+        host = geometry.host_index if geometry.host_index is not None else geometry.index
+        if host.device.type == "cpu" and host.numel():
+            values = host.detach().numpy()  # host memory: no device read (numpy, not aten scalar reads)
+            low, high = int(values.min()), int(values.max())
+            if low < 0 or high >= self.num_samples:
+                raise IndexError(f"the batch's data-set indices span [{low}, {high}], outside the memory's "
+                                 f"0…{self.num_samples - 1} (num_samples={self.num_samples})")
 
     # ------------------------------------------------------------------ host bookkeeping
     def _flush_pending(self) -> None:
