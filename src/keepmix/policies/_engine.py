@@ -169,9 +169,9 @@ def fused_step(images: torch.Tensor, op_index: torch.Tensor, magnitude: torch.Te
        samples every pixel at its own centre and returns it exactly (nearest and bilinear);
     2. **levels** (uint8) — invert, posterize, solarize, solarize_add, autocontrast and
        equalize are per-channel maps of the 256 levels: their tables are built for every image
-       (B×C×256, from the same functions run on a ramp image, or from the image's extremes or
-       histogram), the image's own op picks one (the identity table for other ops), and one
-       gather applies it. Float images take each level op on the whole batch and a select;
+       (B×C×256: one parametric table for the first four, :func:`_pointwise_table`, and tables
+       from the image's extremes or histogram for the last two), the image's own op picks one
+       (the identity table for other ops), and one gather applies it. Float images take each level op on the whole batch and a select;
     3. **blends** — brightness, color, contrast and sharpness are ``d + f·(x − d)`` with a
        per-image degenerate image ``d`` (black, grayscale, grayscale mean, smoothed): one blend
        with ``d`` selected per image.
@@ -260,14 +260,10 @@ def _pointwise_table(ramp: torch.Tensor, op_index: torch.Tensor, magnitude: torc
     return torch.where(inside, mapped, v & mask)
 
 
-_RAMPS: Dict[str, torch.Tensor] = {}
-
-
 def _ramp(device: torch.device) -> torch.Tensor:
-    key = str(device)
-    if key not in _RAMPS:
-        _RAMPS[key] = torch.arange(256, dtype=torch.uint8, device=device).view(1, 1, 1, 256)
-    return _RAMPS[key]
+    """Cached uint8 levels 0…255 as a 1×1×1×256 image on ``device``."""
+    return F._device_constant("ramp_u8", device,
+                              lambda d: torch.arange(256, dtype=torch.uint8, device=d).view(1, 1, 1, 256))
 
 
 def use_fused(images: torch.Tensor, engine: str) -> bool:
