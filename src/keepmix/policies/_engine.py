@@ -127,7 +127,7 @@ _CONSTANTS: Dict[Tuple, Dict[str, torch.Tensor]] = {}
 def _constants(op_names: Tuple[str, ...], device: torch.device) -> Dict[str, torch.Tensor]:
     """Per-op lookup tables of the fused step for one op list, cached per device."""
     key = (op_names, str(device))
-    if key not in _CONSTANTS:
+    if key not in _CONSTANTS:  # a dict of tables per op list (functional._device_constant holds one tensor)
         count = len(op_names)
         coefficient = torch.zeros(count, 6)
         for k, name in enumerate(op_names):

@@ -399,17 +399,13 @@ def _sharpness(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # geometric ops
 
-_CENTRES: Dict[Tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
-
-
 def _pixel_centres(height: int, width: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
     """Cached float32 pixel-centre coordinates ``x + ½`` (1×1×W) and ``y + ½`` (1×H×1) on ``device``."""
-    key = (height, width, str(device))
-    if key not in _CENTRES:
-        xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5).view(1, 1, width)
-        ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5).view(1, height, 1)
-        _CENTRES[key] = (xs, ys)
-    return _CENTRES[key]
+    xs = _device_constant(f"centres_x{width}", device,
+                          lambda d: (torch.arange(width, device=d, dtype=torch.float32) + 0.5).view(1, 1, width))
+    ys = _device_constant(f"centres_y{height}", device,
+                          lambda d: (torch.arange(height, device=d, dtype=torch.float32) + 0.5).view(1, height, 1))
+    return xs, ys
 
 
 def _affine(images: torch.Tensor, matrix: torch.Tensor, fill: torch.Tensor, interpolation: str) -> torch.Tensor:
