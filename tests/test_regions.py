@@ -7,8 +7,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from keepmix.regions import (box_masks, centred_window_scores, integral_image, quantile_threshold, sample_windows,
-                             window_scores, window_scores_per_image)
+import keepmix.regions as regions
+from keepmix.regions import (box_masks, centred_window_scores, integral_image, quantile_bound, quantile_threshold,
+                             sample_windows, window_scores, window_scores_per_image)
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -150,6 +151,60 @@ def test_centred_window_scores_brute_force(shape, size):
             np.testing.assert_allclose(scores[:, y, x].numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.fixture
+def integral_path(monkeypatch):
+    """Window sums through the integral image at every size (the path of maps over 256 px)."""
+    monkeypatch.setattr(regions, "_MATMUL_LIMIT", 0)
+
+
+@pytest.mark.parametrize("shape,size", [((3, 40, 40), (16, 16)), ((2, 31, 17), (8, 5)), ((2, 7, 5), (7, 1))])
+def test_integral_path_matches_float64_brute_force(integral_path, shape, size, brute_window_sums):
+    maps = _maps(*shape, seed=sum(shape))
+    np.testing.assert_allclose(window_scores(maps, size).numpy(), brute_window_sums(maps.numpy(), *size),
+                               rtol=1e-6, atol=0)
+    heights, widths = torch.full((shape[0],), size[0]), torch.full((shape[0],), size[1])
+    scores, valid = window_scores_per_image(maps, heights, widths)
+    n_h, n_w = shape[1] - size[0] + 1, shape[2] - size[1] + 1
+    np.testing.assert_allclose(scores[:, :n_h, :n_w].numpy(), brute_window_sums(maps.numpy(), *size), rtol=1e-6)
+
+
+def test_both_paths_agree_on_every_sum_and_every_choice(monkeypatch):
+    """The banded products and the integral image differ by a few float32 roundings, and select the same boxes."""
+    maps = _maps(64, 24, 20, seed=7)
+    sums = {}
+    picks = {}
+    for limit in (256, 0):
+        monkeypatch.setattr(regions, "_MATMUL_LIMIT", limit)
+        sums[limit] = window_scores(maps, (9, 7))
+        picks[limit] = regions.select_boxes(maps, 9, 7, 0.6, generator=torch.Generator().manual_seed(3))
+    np.testing.assert_allclose(sums[256].numpy(), sums[0].numpy(), rtol=1e-6, atol=0)
+    assert torch.equal(picks[256].top, picks[0].top) and torch.equal(picks[256].left, picks[0].left)
+
+
+def test_reduced_matmul_precision_takes_the_integral_path(monkeypatch):
+    """With TF32/bf16 matmuls allowed the banded products would lose precision: the exact table is used instead."""
+    maps = _maps(2, 20, 20, seed=1)
+    monkeypatch.setattr(regions, "_MATMUL_LIMIT", 0)
+    exact = window_scores(maps, (5, 6))
+    monkeypatch.undo()
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert torch.equal(window_scores(maps, (5, 6)), exact)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def test_window_scores_ignore_the_callers_autocast():
+    maps = _maps(3, 16, 16, seed=2)
+    plain = window_scores(maps, (5, 4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = window_scores(maps, (5, 4))
+        per_image, _ = window_scores_per_image(maps, torch.tensor([5, 5, 5]), torch.tensor([4, 4, 4]))
+    assert cast.dtype == torch.float32 and torch.equal(cast, plain)
+    assert torch.equal(per_image[:, :12, :13], plain)
+
+
 # --------------------------------------------------------------------------- quantile
 
 
@@ -203,6 +258,51 @@ def test_quantile_between_min_and_max(batch, n, tau, seed):
     q = quantile_threshold(scores, tau)
     assert torch.all(q >= scores.min(dim=1).values) and torch.all(q <= scores.max(dim=1).values)
     np.testing.assert_allclose(q.numpy(), np.quantile(scores.double().numpy(), tau, axis=1), rtol=1e-6, atol=1e-6)
+
+
+def _exact_split(row, tau, below):
+    """The windows strictly below (above) the linear-interpolation τ-quantile in exact rational arithmetic,
+    τ read as its decimal string (0.6 is 3/5) and p = τ(n − 1) taken as whole within 10⁻⁶ of a whole number
+    (the documented reading: 1/3 of 3 is 0.9999999999999999 in binary)."""
+    from fractions import Fraction
+    values = sorted(Fraction(float(v)) for v in row)
+    p = Fraction(repr(float(tau))) * (len(values) - 1)
+    if abs(p - round(p)) <= Fraction(1, 10 ** 6):
+        p = Fraction(round(p))
+    lo = int(p)
+    hi = min(lo + 1, len(values) - 1)
+    q = values[lo] + (p - lo) * (values[hi] - values[lo])
+    return np.array([(Fraction(float(v)) < q) if below else (Fraction(float(v)) > q) for v in row])
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.1, 0.2, 0.25, 0.5, 0.6, 0.75, 0.9, 1.0, 1 / 3])
+@pytest.mark.parametrize("below", [True, False])
+@pytest.mark.parametrize("n", [1, 2, 5, 6, 11, 21, 289])
+def test_quantile_bound_splits_as_the_exact_quantile(tau, below, n):
+    g = torch.Generator().manual_seed(n)
+    for scores in (torch.rand(4, n, generator=g), (torch.rand(4, n, generator=g) * 3).floor()):  # distinct, tied
+        bound = quantile_bound(scores, tau, below)
+        assert bound.shape == (4,) and bound.dtype == torch.float32
+        split = scores < bound.view(-1, 1) if below else scores > bound.view(-1, 1)
+        for b in range(4):
+            assert np.array_equal(split[b].numpy(), _exact_split(scores[b].numpy(), tau, below)), (b, scores[b])
+        # the masked form, with every entry valid and with the invalid ones ignored, splits the same way
+        assert torch.equal(quantile_bound(scores, tau, below, torch.ones_like(scores, dtype=torch.bool)), bound)
+        valid = torch.rand(4, n, generator=g) < 0.7
+        valid[:, 0] = True
+        masked = quantile_bound(torch.where(valid, scores, torch.full_like(scores, -7.0)), tau, below, valid)
+        for b in range(4):
+            kept = scores[b][valid[b]]
+            split = kept < masked[b] if below else kept > masked[b]
+            assert np.array_equal(split.numpy(), _exact_split(kept.numpy(), tau, below))
+
+
+def test_quantile_bound_hand_computed():
+    scores = torch.tensor([[4.0, 1.0, 3.0, 2.0, 5.0, 6.0]])  # sorted 1…6, p = 0.6·5 = 3 (whole)
+    assert quantile_bound(scores, 0.6, True).item() == 4.0     # q = 4: below are 1, 2, 3
+    assert quantile_bound(scores, 0.6, False).item() == 4.0    # above are 5, 6
+    assert quantile_bound(scores, 0.5, True).item() == 4.0     # p = 2.5, q = 3.5: below 1, 2, 3 = below v_(3)
+    assert quantile_bound(scores, 0.5, False).item() == 3.0    # above 4, 5, 6 = above v_(2)
 
 
 def test_quantile_errors():

@@ -77,7 +77,8 @@ class _SelectiveWindow(Op):
         maps = compute_maps(self.saliency, images, targets, saliency_maps, type(self).__name__)
         h, w = self.size
         picked = select_boxes(maps, h, w, self.tau, below=below, clip=self.clip, generator=self.generator)
-        return box_masks(picked.top, picked.left, picked.height, picked.width, maps.shape[-2:]), maps, picked.fallback
+        sides = (picked.height, picked.width) if self.clip else (h, w)  # full windows: the fixed size
+        return box_masks(picked.top, picked.left, *sides, maps.shape[-2:]), maps, picked.fallback
 
 
 class KeepCutout(_SelectiveWindow):

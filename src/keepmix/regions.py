@@ -7,13 +7,16 @@ samples uniformly among the regions strictly below it (selective cut) or
 strictly above it (selective paste). This module does that for a whole batch
 at once:
 
-* :func:`window_scores` — every full h×w window's sum, B×(H−h+1)×(W−w+1), in
-  O(HW) per image from an integral image in exact int64 fixed point (float32
-  results accurate to ~1e-7 relative for every window; no float64 on the device).
+* :func:`window_scores` — every full h×w window's sum, B×(H−h+1)×(W−w+1): two
+  banded matrix products for maps up to 256 px a side (each window adds its own
+  values only), an integral image in exact int64 fixed point beyond (O(HW)); float32
+  results accurate to float32 rounding for every window, no float64 on the device.
 * :func:`window_scores_per_image` — the same when each image has its own
   window size (Random Erasing, CutMix), over a common grid with a validity mask.
 * :func:`quantile_threshold` — the per-image τ-quantile (linear interpolation,
   as ``torch.quantile``; τ=0 is the minimum, τ=1 the maximum).
+* :func:`quantile_bound` — the order statistic that splits the windows exactly as
+  the τ-quantile does (one selection per image instead of two).
 * :func:`sample_windows` — one window per image, uniform among the qualifying
   ones: the exact distribution of the paper's rejection loop, with no loop.
 * :func:`select_boxes` — the selective cut/paste of one box per image, with full
@@ -73,6 +76,14 @@ def window_scores(saliency: torch.Tensor, size: SizeLike) -> torch.Tensor:
 
     ``scores[b, t, l] = Σ_{i=t}^{t+h−1} Σ_{j=l}^{l+w−1} saliency[b, i, j]``
 
+    Computed as two banded matrix products, ``A · s · Bᵀ`` with 0/1 bands (:func:`_box_matrix`),
+    for maps up to 256 pixels a side: a window's sum adds its own values and no others (no prefix-sum
+    cancellation), so every window — small beside large ones included — is accurate to float32
+    rounding. Larger maps go through the exact fixed-point :func:`integral_image` (O(HW) work).
+    Both run in float32 with the caller's autocast switched off; when float32 matmuls may run at a
+    lower precision (``torch.set_float32_matmul_precision`` other than ``"highest"``: TF32 on GPUs,
+    bf16 in oneDNN) the integral image is used instead.
+
     Args:
         saliency: B×H×W float maps.
         size: h or (h, w), with 1 ≤ h ≤ H and 1 ≤ w ≤ W.
@@ -85,19 +96,67 @@ def window_scores(saliency: torch.Tensor, size: SizeLike) -> torch.Tensor:
     height, width = saliency.shape[-2:]
     if h > height or w > width:
         raise ValueError(f"size ({h}, {w}) must fit inside the {height}×{width} maps")
-    if h + w <= _POOL_LIMIT:  # small windows: two direct 1-d sums (convolutions with ones), 4 kernels
-        s = saliency.unsqueeze(1) if saliency.dtype == torch.float32 else saliency.float().unsqueeze(1)
-        rows = F.conv2d(s, _ones((1, 1, 1, w), s.device))
-        return F.conv2d(rows, _ones((1, 1, h, 1), s.device)).squeeze(1)
+    if _use_matmul(saliency):
+        device = saliency.device
+        return _banded_sums(saliency, _box_matrix(height - h + 1, height, h, 0, device),
+                            _box_matrix(width - w + 1, width, w, 0, device, transpose=True))
     ii = integral_image(saliency)
     table = ii.table
     return ii.values(table[:, h:, w:] - table[:, :-h, w:] - table[:, h:, :-w] + table[:, :-h, :-w])
 
 
-#: windows with h + w up to this are summed directly (separable, O(HW(h+w)) work in 4 kernels —
-#: exact to float32 rounding of each sum, no cancellation);
-#: larger ones through the integral image (O(HW) work in ~20 kernels)
-_POOL_LIMIT = 32
+#: maps with both sides up to this are summed by banded matrix products (two GEMMs, O(HW(H+W)) work:
+#: faster here than the integral image up to 224 px, and 2 kernels); larger ones by the integral image
+_MATMUL_LIMIT = 256
+
+
+def _use_matmul(saliency: torch.Tensor) -> bool:
+    """Banded products for maps up to the limit, unless float32 matmuls may run at reduced precision
+    (TF32 on CUDA; TF32/bf16 anywhere through ``torch.set_float32_matmul_precision``, read outside
+    ``torch.compile``, which cannot trace that read)."""
+    if max(saliency.shape[-2:]) > _MATMUL_LIMIT:
+        return False
+    if saliency.is_cuda and torch.backends.cuda.matmul.allow_tf32:
+        return False
+    return torch.compiler.is_compiling() or torch.get_float32_matmul_precision() == "highest"
+
+
+@functools.lru_cache(maxsize=256)
+def _box_matrix(outputs: int, n: int, length: int, shift: int, device: torch.device,
+                transpose: bool = False) -> torch.Tensor:
+    """The 0/1 band that sums boxes along one axis: float32 outputs×n (n×outputs if ``transpose``);
+    row i is 1 on columns [i − shift, i − shift + length) ∩ [0, n). Made once per arguments."""
+    with torch.inference_mode(False), torch.no_grad():
+        start = torch.arange(outputs, device=device).view(-1, 1) - shift
+        r = torch.arange(n, device=device).view(1, -1)
+        band = ((r >= start) & (r < start + length)).float()
+        return band.t().contiguous() if transpose else band
+
+
+def _banded_sums(saliency: torch.Tensor, rows: torch.Tensor, cols_t: torch.Tensor) -> torch.Tensor:
+    """``rows · s · cols_t`` in float32: rows (B×)nH×H, s B×H×W, cols_t (B×)W×nW → B×nH×nW."""
+    s = saliency if saliency.dtype == torch.float32 else saliency.float()
+    with torch.autocast(s.device.type, enabled=False):
+        return torch.matmul(rows, torch.matmul(s, cols_t))
+
+
+def _per_image_bands(sizes: torch.Tensor, n: int, centred: bool, transpose: bool) -> torch.Tensor:
+    """Bands with one box length per image: float32 B×n×n; row i of image b is 1 on
+    [i − shift_b, i − shift_b + sizes[b]) ∩ [0, n), shift_b = sizes[b] // 2 if ``centred`` else 0
+    (each band transposed if ``transpose``). ``sizes``: (B,) int64."""
+    offset = _offsets(n, sizes.device, transpose)  # [i, r] = r − i (transposed: [r, i])
+    sizes = sizes.view(-1, 1, 1)
+    if centred:
+        offset = offset + sizes // 2
+    return ((offset >= 0) & (offset < sizes)).float()
+
+
+@functools.lru_cache(maxsize=64)
+def _offsets(n: int, device: torch.device, transpose: bool) -> torch.Tensor:
+    """int64 n×n, [i, r] = r − i (transposed: [r, i] = r − i); made once per arguments."""
+    with torch.inference_mode(False), torch.no_grad():
+        offset = torch.arange(n, device=device).view(1, -1) - torch.arange(n, device=device).view(-1, 1)
+        return offset.t().contiguous() if transpose else offset
 
 
 def window_scores_per_image(saliency: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor
@@ -119,11 +178,15 @@ def window_scores_per_image(saliency: torch.Tensor, heights: torch.Tensor, width
     widths = widths.to(saliency.device).long().view(batch, 1, 1)
     check_flag(((heights >= 1) & (heights <= height) & (widths >= 1) & (widths <= width)).all(),
                f"heights and widths (window sizes) must lie in [1, {height}]×[1, {width}]")
-    top = torch.arange(height, device=saliency.device).view(1, height, 1)
-    left = torch.arange(width, device=saliency.device).view(1, 1, width)
+    top = _grid(height, saliency.device).view(1, height, 1)
+    left = _grid(width, saliency.device)
     valid = (top <= height - heights) & (left <= width - widths)
-    scores = _box_sums(integral_image(saliency), top, left, (top + heights).clamp(max=height),
-                       (left + widths).clamp(max=width))
+    if _use_matmul(saliency):
+        scores = _banded_sums(saliency, _per_image_bands(heights.view(-1), height, False, False),
+                              _per_image_bands(widths.view(-1), width, False, True))
+    else:
+        scores = _box_sums(integral_image(saliency), top, left, (top + heights).clamp(max=height),
+                           (left + widths).clamp(max=width))
     return torch.where(valid, scores, torch.zeros_like(scores)), valid
 
 
@@ -184,6 +247,60 @@ def quantile_threshold(scores: torch.Tensor, tau: float, valid: Optional[torch.T
     return torch.where(frac > 0, v_lo + frac * (v_hi - v_lo), v_lo)
 
 
+#: p = τ(n − 1) within this of a whole number is taken as whole (decimal τ: 0.6·5 is 3.0000000000000004 in
+#: binary); the order statistic then needs no interpolation
+_WHOLE_TOLERANCE = 1e-6
+#: fixed-point bits of τ for per-image counts (exact int64 products for up to 2^23 windows)
+_TAU_BITS = 40
+
+
+def quantile_bound(scores: torch.Tensor, tau: float, below: bool = True,
+                   valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The order statistic that splits each image's windows exactly as its τ-quantile does.
+
+    With the n valid scores of image b sorted, v_(0) ≤ … ≤ v_(n−1), and p = τ(n − 1), the
+    τ-quantile of :func:`quantile_threshold` is q = v_(⌊p⌋) + (p − ⌊p⌋)(v_(⌈p⌉) − v_(⌊p⌋)). No
+    score lies strictly between two consecutive order statistics, and q lies strictly between
+    them unless p is whole or they tie, so in exact arithmetic
+
+    * ``{s < q} = {s < v_(⌈p⌉)}`` — returned for ``below=True`` (the selective cut's candidates);
+    * ``{s > q} = {s > v_(⌊p⌋)}`` — returned for ``below=False`` (the selective paste's).
+
+    One order statistic per image (a single selection, ``kthvalue``; a sort of the valid scores
+    when ``valid`` is given), and no rounding of the interpolation, which can land on an endpoint
+    when the two statistics are one float32 step apart. p within 10⁻⁶ of a whole number counts as
+    whole, so a decimal τ (0.6 of 5 is 3.0000000000000004 in binary) splits as written.
+
+    Args:
+        scores: B×… window scores.
+        tau: in [0, 1].
+        below: the selective cut's bound (True) or the selective paste's (False).
+        valid: optional bool mask of scores' shape; only valid entries count (each row needs one).
+
+    Returns:
+        float32 bounds (B,), each one of its row's scores.
+    """
+    tau = check_probability(tau, "tau")
+    if not isinstance(scores, torch.Tensor) or scores.ndim < 2:
+        raise ValueError("scores must be a tensor B×… with one row of window scores per image")
+    flat = scores.flatten(1)
+    flat = flat if flat.dtype == torch.float32 else flat.float()
+    if valid is None:  # one count for every image: one selection, no sort
+        pos = tau * (flat.shape[1] - 1)
+        whole = round(pos)
+        rank = whole if abs(pos - whole) <= _WHOLE_TOLERANCE else (math.ceil(pos) if below else math.floor(pos))
+        return flat.kthvalue(rank + 1, dim=1).values
+    valid = valid.flatten(1)
+    ordered = torch.where(valid, flat, torch.full_like(flat, float("inf"))).sort(dim=1).values
+    # p = τ·(count − 1) in exact int64 fixed point: ⌊p⌋ and p's fractional part, then ⌈p⌉ / ⌊p⌋ with the tolerance
+    unit = 1 << _TAU_BITS
+    scaled = (valid.sum(dim=1, keepdim=True) - 1).clamp_min(0) * round(tau * unit)
+    floor, part = scaled >> _TAU_BITS, scaled & (unit - 1)
+    tolerance = round(_WHOLE_TOLERANCE * unit)
+    rank = floor + (part > tolerance) if below else floor + (part >= unit - tolerance)
+    return ordered.gather(1, rank).squeeze(1)
+
+
 class WindowSample(NamedTuple):
     """Sampled windows: ``top``, ``left`` (B,) int64, and ``fallback`` (B,) bool, true
     where no window was strictly on the requested side of the threshold."""
@@ -223,25 +340,23 @@ def sample_windows(scores: torch.Tensor, threshold: torch.Tensor, below: bool = 
         raise ValueError(f"threshold must be a tensor of shape ({batch},)")
     flat = scores.flatten(1)
     thr = (threshold if threshold.dtype == flat.dtype else threshold.to(flat.dtype)).unsqueeze(1)
-    strict = flat < thr if below else flat > thr
-    loose = flat <= thr if below else flat >= thr
     if valid is not None:
         valid = valid.flatten(1)
-        strict = strict & valid
-        loose = loose & valid
-    fallback = ~strict.any(dim=1)
-    eligible = torch.where(fallback.view(-1, 1), loose, strict)
-    running = eligible.long().cumsum(dim=1)
+    # strictly below (above) the threshold; where no valid score is, at or below (above) it instead —
+    # for finite floats s ≤ t ⟺ s < nextafter(t, +∞), so both are one comparison with a moved bound
+    side = float("inf") if below else float("-inf")
+    masked = flat if valid is None else flat.masked_fill(~valid, side)
+    extreme = masked.amin(dim=1, keepdim=True) if below else masked.amax(dim=1, keepdim=True)
+    fallback = extreme >= thr if below else extreme <= thr
+    bound = torch.where(fallback, torch.nextafter(thr, _constant(side, thr.dtype, thr.device)), thr)
+    eligible = flat < bound if below else flat > bound
+    if valid is not None:
+        eligible = eligible & valid
+    fallback = fallback.squeeze(1)
+    running = eligible.cumsum(dim=1)  # int64
     k = _random.below(running[:, -1], generator)  # the k-th eligible window, k uniform (exact integers)
     index = torch.searchsorted(running, k.unsqueeze(1), right=True).squeeze(1)  # first running count > k
     return WindowSample(index // n_w, index % n_w, fallback)
-
-
-@functools.lru_cache(maxsize=128)
-def _ones(shape: Tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """A float32 kernel of ones, made once per (shape, device)."""
-    with torch.inference_mode(False), torch.no_grad():
-        return torch.ones(shape, device=device)
 
 
 @functools.lru_cache(maxsize=128)
@@ -250,6 +365,13 @@ def _grid(n: int, device: torch.device) -> torch.Tensor:
     (its ``view`` is a launch too: callers reshape the other operand instead where they can)."""
     with torch.inference_mode(False), torch.no_grad():
         return torch.arange(n, device=device)
+
+
+@functools.lru_cache(maxsize=32)
+def _constant(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A 0-d tensor made once per (value, dtype, device): no launch per call."""
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.tensor(value, dtype=dtype, device=device)
 
 
 def box_masks(top: torch.Tensor, left: torch.Tensor, height: Union[int, torch.Tensor],
@@ -301,11 +423,14 @@ def clipped_box_scores(saliency: torch.Tensor, heights: torch.Tensor, widths: to
     """
     check_maps(saliency, "saliency")
     batch, height, width = saliency.shape
-    h = heights.to(saliency.device).long().view(batch, 1, 1)
-    w = widths.to(saliency.device).long().view(batch, 1, 1)
-    cy = torch.arange(height, device=saliency.device).view(1, height, 1)
-    cx = torch.arange(width, device=saliency.device).view(1, 1, width)
-    top, left, box_h, box_w = clipped_boxes(cy, cx, h, w, (height, width))
+    heights, widths = heights.to(saliency.device).long().view(batch), widths.to(saliency.device).long().view(batch)
+    if _use_matmul(saliency):
+        return _banded_sums(saliency, _per_image_bands(heights, height, True, False),
+                            _per_image_bands(widths, width, True, True))
+    cy = _grid(height, saliency.device).view(1, height, 1)
+    cx = _grid(width, saliency.device)
+    top, left, box_h, box_w = clipped_boxes(cy, cx, heights.view(batch, 1, 1), widths.view(batch, 1, 1),
+                                            (height, width))
     return _box_sums(integral_image(saliency), top, left, top + box_h, left + box_w)
 
 
@@ -356,7 +481,8 @@ def select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], widt
 
     Among the candidates the box is drawn uniformly from those whose summed
     saliency (KeepAugment's Eq. 1) lies strictly below (above) the τ-quantile
-    of the candidates' scores (:func:`quantile_threshold`, :func:`sample_windows`).
+    of the candidates' scores (:func:`quantile_bound`, the same split as :func:`quantile_threshold`;
+    :func:`sample_windows`).
 
     Fairness: the erased shape never depends on the map, so with an
     information-free map (constant: every candidate ties, so the draw is uniform
@@ -380,7 +506,7 @@ def select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], widt
             raise ValueError(f"size ({heights}, {widths}) must fit inside the {height}×{width} maps "
                              f"(or use clip=True)")
         scores = window_scores(saliency, (heights, widths))
-        picked = sample_windows(scores, quantile_threshold(scores, tau), below, generator)
+        picked = sample_windows(scores, quantile_bound(scores, tau, below), below, generator)
         return BoxSample(picked.top, picked.left, torch.full_like(picked.top, heights),
                          torch.full_like(picked.top, widths), picked.fallback)
     if clip and isinstance(heights, int) and isinstance(widths, int):
@@ -394,7 +520,7 @@ def select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], widt
         valid = same_clipped_shape(ref_y, ref_x, heights, widths, (height, width))
     else:
         scores, valid = window_scores_per_image(saliency, heights, widths)
-    picked = sample_windows(scores, quantile_threshold(scores, tau, valid), below, generator, valid)
+    picked = sample_windows(scores, quantile_bound(scores, tau, below, valid), below, generator, valid)
     if clip:
         top, left, box_h, box_w = clipped_boxes(picked.top, picked.left, heights, widths, (height, width))
     else:
@@ -418,13 +544,16 @@ def _select_clipped_fixed(saliency: torch.Tensor, h: int, w: int, tau: float, be
     device = saliency.device
     ref_y = _random.randint(0, height, (batch,), device, generator)
     ref_x = _random.randint(0, width, (batch,), device, generator)
-    padded = F.pad(saliency, (w // 2, w - 1 - w // 2, h // 2, h - 1 - h // 2))  # clipped parts sum to 0
-    scores = window_scores(padded, (h, w))  # B×H×W, indexed by the box centre
+    if _use_matmul(saliency):  # B×H×W, indexed by the box centre
+        scores = _banded_sums(saliency, _box_matrix(height, height, h, h // 2, device),
+                              _box_matrix(width, width, w, w // 2, device, transpose=True))
+    else:  # clipped parts of the zero-padded map sum to 0
+        scores = window_scores(F.pad(saliency, (w // 2, w - 1 - w // 2, h // 2, h - 1 - h // 2)), (h, w))
     rows, cols = _clipped_extents(height, h, device), _clipped_extents(width, w, device)
     same_rows = rows == rows.index_select(0, ref_y).unsqueeze(1)  # B×H
     same_cols = cols == cols.index_select(0, ref_x).unsqueeze(1)  # B×W
     valid = same_rows.unsqueeze(2) & same_cols.unsqueeze(1)
-    picked = sample_windows(scores, quantile_threshold(scores, tau, valid), below, generator, valid)
+    picked = sample_windows(scores, quantile_bound(scores, tau, below, valid), below, generator, valid)
     top, left = (picked.top - h // 2).clamp_min(0), (picked.left - w // 2).clamp_min(0)
     return BoxSample(top, left, rows.index_select(0, picked.top), cols.index_select(0, picked.left),
                      picked.fallback)
