@@ -52,6 +52,12 @@ def _nan_images():
     return x
 
 
+def _nan_maps():
+    m = torch.rand(2, 6, 6)
+    m[1, 5, 2] = float("nan")
+    return m
+
+
 def _inf_maps():
     m = torch.rand(2, 6, 6)
     m[0, 0, 0] = float("inf")
@@ -76,6 +82,15 @@ NON_FINITE = {
     "KeepCutout": (lambda: keepmix.KeepCutout(2)(_nan_images(), None, saliency_maps=torch.rand(2, 6, 6)), "images"),
     "KeepCutout maps": (lambda: keepmix.KeepCutout(2)(torch.rand(2, 3, 6, 6), None, saliency_maps=_inf_maps()),
                         "saliency_maps"),
+    # the Keep ops check their maps through the peaks they scale by (compute_maps(…, finite=False)): every one
+    "KeepCutout clip maps": (lambda: keepmix.KeepCutout(2, clip=True)(torch.rand(2, 3, 6, 6), None,
+                                                                     saliency_maps=_nan_maps()), "saliency_maps"),
+    "KeepRandomErasing maps": (lambda: keepmix.KeepRandomErasing(p=1.0)(torch.rand(2, 3, 6, 6), None,
+                                                                        saliency_maps=_nan_maps()), "saliency_maps"),
+    "KeepCutMix maps": (lambda: keepmix.KeepCutMix(2, prob=1.0)(torch.rand(2, 3, 6, 6), torch.tensor([0, 1]),
+                                                                saliency_maps=_inf_maps()), "saliency_maps"),
+    "SelectivePaste maps": (lambda: keepmix.SelectivePaste(lambda x: x.flip(-1), 2)(
+        torch.rand(2, 3, 6, 6), None, saliency_maps=_nan_maps().half()), "saliency_maps"),
     "GuidedMixup": (lambda: keepmix.GuidedMixup(2, mix_prob=1.0)(_nan_images(), torch.tensor([0, 1])), "images"),
 }
 

@@ -301,6 +301,22 @@ def test_guided_mixup_reads_the_memory_and_declares_its_ownership():
     assert torch.equal(ownership(mixer, images, out), own)
 
 
+def test_saliency_mix_reading_the_memory_reports_its_fallbacks():
+    """SaliencyMix, like the Keep ops and GuidedMixup, copies the memory's per-sample fallback flags into its
+    last_stats (none here: every sample has a map), and has none when given precomputed maps."""
+    memory = _left_salient_memory()
+    geometry = identity_geometry(torch.arange(4), (16, 16))
+    mixer = SaliencyMix(3, saliency=MemorySaliency(memory), generator=torch.Generator().manual_seed(0))
+    images = torch.rand(4, 3, 16, 16)
+    with memory.batch(geometry):
+        mixer(images, torch.tensor([0, 1, 2, 0]))
+    assert mixer.last_stats["memory_fallback"].tolist() == [False] * 4
+    peaks = mixer.last_stats["peak"]
+    assert torch.all(peaks[:, 1] < 8)  # the source's peak lies in the salient left half
+    mixer(images, torch.tensor([0, 1, 2, 0]), saliency_maps=torch.rand(4, 16, 16))
+    assert "memory_fallback" not in mixer.last_stats
+
+
 def test_greedy_pairing_of_a_mixer_runs_on_the_memory_maps():
     memory = SaliencyMemory(6, (8, 8), dtype="float32")
     maps = torch.rand(6, 8, 8, generator=torch.Generator().manual_seed(3))

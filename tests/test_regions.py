@@ -181,6 +181,22 @@ def test_both_paths_agree_on_every_sum_and_every_choice(monkeypatch):
     assert torch.equal(picks[256].top, picks[0].top) and torch.equal(picks[256].left, picks[0].left)
 
 
+@pytest.mark.parametrize("batch,side,size", [(37, 32, 16), (9, 24, 5), (5, 64, 20)])
+def test_window_sums_do_not_depend_on_the_rest_of_the_batch(batch, side, size):
+    """Image b's sums are the same bits alone, in any sub-batch and in the whole batch (so its box does
+    not depend on which images share its batch)."""
+    maps = _maps(batch, side, side, seed=side)
+    whole = window_scores(maps, size)
+    heights, widths = torch.full((batch,), size), torch.full((batch,), size + 1)
+    per_image, _ = window_scores_per_image(maps, heights, widths)
+    clipped = regions.clipped_box_scores(maps, heights, widths)
+    for start in range(0, batch, 4):
+        part = slice(start, start + 4)
+        assert torch.equal(window_scores(maps[part], size), whole[part])
+        assert torch.equal(window_scores_per_image(maps[part], heights[part], widths[part])[0], per_image[part])
+        assert torch.equal(regions.clipped_box_scores(maps[part], heights[part], widths[part]), clipped[part])
+
+
 def test_reduced_matmul_precision_takes_the_integral_path(monkeypatch):
     """With TF32/bf16 matmuls allowed the banded products would lose precision: the exact table is used instead."""
     maps = _maps(2, 20, 20, seed=1)
@@ -468,7 +484,8 @@ def test_select_boxes_on_a_float16_map_equals_the_map_widened_to_float32():
     """Found in review: unit_scale scaled float16 maps in float16, so a map peaking at 6e4 lost every value
     below 2^-9 to zero and its low windows tied (47 of 50 draws picked another box); half-precision maps
     are now widened before the power-of-two scaling."""
-    from keepmix.regions import select_boxes, unit_scale
+    from keepmix.regions import select_boxes
+    from keepmix.saliency import unit_scale
     maps = torch.zeros(1, 8, 8)
     maps[0, 0, 0] = 60000.0
     maps[0, 4:, 4:] = torch.rand(4, 4, generator=torch.Generator().manual_seed(0)) * 1e-3 + 1e-3

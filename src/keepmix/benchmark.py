@@ -275,10 +275,34 @@ def _naive_guided_sr(x: torch.Tensor) -> List[int]:
     return _host_greedy_reference(maps)
 
 
+def measure_interleaved(fns: Dict[str, Callable[[], object]], device: torch.device, repeats: int,
+                        warmup: int) -> Dict[str, float]:
+    """Median seconds of each of ``fns`` over ``repeats`` rounds, the functions called in turn within a
+    round: a ratio of two of them compares calls made under the same machine state (sub-millisecond
+    calls drift with caches and the allocator from one stretch of seconds to the next)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+#: rounds of the wall-time rows at least (each call is milliseconds: many rounds cost seconds)
+WALL_ROUNDS = 300
+
+
 def wall_times(device: torch.device, repeats: int = 20, warmup: int = 3) -> Dict[str, float]:
     """Wall-time rows of the speed issue, in milliseconds on ``device``, measured in this process:
     GuidedMixup-SR end to end on 100 images at 32 px beside the naive path on the same batch, and
-    KeepCutout's selection given maps beside Cutout on the same 128 images."""
+    KeepCutout's selection given maps beside Cutout on the same 128 images — each pair called in turn,
+    ``max(repeats, WALL_ROUNDS)`` rounds (:func:`measure_interleaved`)."""
     from .erase import Cutout
     g = torch.Generator(device=device).manual_seed(0)
     x100 = torch.randn(100, 3, 32, 32, device=device, generator=g)
@@ -287,13 +311,16 @@ def wall_times(device: torch.device, repeats: int = 20, warmup: int = 3) -> Dict
     maps128 = torch.rand(128, 32, 32, device=device, generator=g)
     guided = GuidedMixup(10, mix_prob=1.0, generator=g)
     cutout, keep = Cutout(16, generator=g), KeepCutout(16, generator=g)
+    rounds, warmup = max(repeats, WALL_ROUNDS), max(warmup, 10)
     out = {
-        "GuidedMixup-SR (greedy), 100 images": measure(lambda: guided(x100, y100), device, repeats, warmup),
-        "naive path (broadcast distances, host loop), 100 images":
-            measure(lambda: _naive_guided_sr(x100), device, repeats, warmup),
-        "Cutout, 128 images": measure(lambda: cutout(x128), device, repeats, warmup),
-        "KeepCutout selection given maps, 128 images":
-            measure(lambda: keep(x128, None, saliency_maps=maps128), device, repeats, warmup),
+        **measure_interleaved({
+            "GuidedMixup-SR (greedy), 100 images": lambda: guided(x100, y100),
+            "naive path (broadcast distances, host loop), 100 images": lambda: _naive_guided_sr(x100),
+        }, device, rounds, warmup),
+        **measure_interleaved({
+            "Cutout, 128 images": lambda: cutout(x128),
+            "KeepCutout selection given maps, 128 images": lambda: keep(x128, None, saliency_maps=maps128),
+        }, device, rounds, warmup),
     }
     return {name: 1000.0 * seconds for name, seconds in out.items()}
 

@@ -49,7 +49,7 @@ from .erase import RandomErasing, check_fill_channels, check_fill_value, erase_m
 from .mix import mix_targets
 from .pairing import check_pairing, pair
 from .protocol import Batch, Op, Stats, restore_dtype, to_float
-from .regions import box_masks, select_boxes
+from .regions import _select_boxes, box_masks
 from .memory import source_stats
 from .saliency import as_source, compute_maps, gaussian_blur, normalize_sum, takes_uint8
 
@@ -74,11 +74,11 @@ class _SelectiveWindow(Op):
 
     def _window(self, images, targets, saliency_maps, below: bool):
         """Maps, then a window per image; returns (mask B×H×W, maps, fallback)."""
-        maps = compute_maps(self.saliency, images, targets, saliency_maps, type(self).__name__)
+        maps = compute_maps(self.saliency, images, targets, saliency_maps, type(self).__name__, finite=False)
         h, w = self.size
-        picked = select_boxes(maps, h, w, self.tau, below=below, clip=self.clip, generator=self.generator)
-        sides = (picked.height, picked.width) if self.clip else (h, w)  # full windows: the fixed size
-        return box_masks(picked.top, picked.left, *sides, maps.shape[-2:]), maps, picked.fallback
+        picked = _select_boxes(maps, h, w, self.tau, below=below, clip=self.clip, generator=self.generator,
+                               name="saliency_maps")  # also checks the maps (compute_maps did not)
+        return box_masks(picked.top, picked.left, picked.height, picked.width, maps.shape[-2:]), maps, picked.fallback
 
 
 class KeepCutout(_SelectiveWindow):
@@ -147,12 +147,13 @@ class KeepRandomErasing(RandomErasing):
 
     def apply(self, images, targets, saliency_maps: Optional[torch.Tensor] = None) -> Batch:
         check_fill_channels(self.value, images.shape[1])  # before the saliency pass is spent
-        maps = compute_maps(self.saliency, images, targets, saliency_maps, type(self).__name__)
+        maps = compute_maps(self.saliency, images, targets, saliency_maps, type(self).__name__, finite=False)
         batch, height, width = maps.shape
         h, w, found = random_erasing_sizes(batch, height, width, self.scale, self.ratio, self.attempts,
                                             images.device, self.generator)
         erase = found & (_random.rand((batch,), images.device, self.generator) < self.p)
-        picked = select_boxes(maps, h, w, self.tau, below=True, generator=self.generator)
+        picked = _select_boxes(maps, h, w, self.tau, below=True, clip=False, generator=self.generator,
+                               name="saliency_maps")  # also checks the maps (compute_maps did not)
         mask = box_masks(picked.top, picked.left, h, w, (height, width)) & erase.view(-1, 1, 1)
         self.last_stats = Stats(fallback=lambda: picked.fallback & erase,
                                 saliency_kept=lambda: 1.0 - _mass_share(maps, mask), erased=erase,
@@ -213,7 +214,7 @@ class KeepCutMix(Op):
     def apply(self, images, targets, saliency_maps: Optional[torch.Tensor] = None) -> Batch:
         if targets is None:
             raise ValueError("KeepCutMix mixes labels: targets are required")
-        maps = compute_maps(self.saliency, images, targets, saliency_maps, type(self).__name__)
+        maps = compute_maps(self.saliency, images, targets, saliency_maps, type(self).__name__, finite=False)
         batch, height, width = maps.shape
         device = images.device
         lam = _random.beta(self.alpha, self.alpha, (batch,), device, self.generator)
@@ -223,8 +224,8 @@ class KeepCutMix(Op):
         active = (h > 0) & (w > 0) & (_random.rand((batch,), device, self.generator) < self.prob)
         if batch < 2:
             active = torch.zeros_like(active)
-        picked = select_boxes(maps, h.clamp(1, height), w.clamp(1, width), self.tau, below=True, clip=self.clip,
-                              generator=self.generator)
+        picked = _select_boxes(maps, h.clamp(1, height), w.clamp(1, width), self.tau, below=True, clip=self.clip,
+                               generator=self.generator, name="saliency_maps")  # also checks the maps
         mask = box_masks(picked.top, picked.left, picked.height, picked.width, (height, width)) & active.view(-1, 1, 1)
         # greedy pairing guides with the blurred, sum-to-1 maps, as GuidedMixup does (documented above)
         guide = normalize_sum(gaussian_blur(maps, 7, 3.0)) if self.pairing == "greedy" else maps

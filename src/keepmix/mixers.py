@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from . import _random
 from ._checks import check_num_classes, check_positive, check_probability
 from .losses import to_soft_targets
+from .memory import source_stats
 from .mix import mix_images, mix_targets
 from .pairing import check_pairing, pair
 from .protocol import Batch, Op, Stats, restore_dtype, to_float
@@ -340,7 +341,8 @@ class SaliencyMix(_Mixer):
             return torch.stack([top, left, box_h * flags, box_w * flags], 1)
 
         self.last_stats = Stats(lam=lam, lam_drawn=lam_drawn, box=box, peak=lambda: torch.stack([peak_y, peak_x], 1),
-                                partner=partner, mixed=lambda: self._mixed_flags(mixed, batch, device))
+                                partner=partner, mixed=lambda: self._mixed_flags(mixed, batch, device),
+                                **source_stats(self.saliency, saliency_maps))
         return _paste_box(images, partner, mask), mix_targets(targets, partner, lam, self.num_classes)
 
 

@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from . import _random
-from ._checks import SizeLike, check_flag, check_generator, check_maps, check_probability, check_size
-from .saliency import unit_scale
+from ._checks import (SizeLike, check_flag, check_generator, check_maps, check_probability, check_size,
+                      input_checks_enabled)
+from .saliency import unit_scale_with_peak
 
 
 class IntegralImage(NamedTuple):
@@ -174,8 +175,8 @@ def window_scores_per_image(saliency: torch.Tensor, heights: torch.Tensor, width
     for name, sizes in (("heights", heights), ("widths", widths)):
         if not isinstance(sizes, torch.Tensor) or sizes.shape != (batch,):
             raise ValueError(f"{name} must be a tensor of shape ({batch},), one window size per map")
-    heights = heights.to(saliency.device).long().view(batch, 1, 1)
-    widths = widths.to(saliency.device).long().view(batch, 1, 1)
+    heights = _sizes(heights, batch, saliency.device).view(batch, 1, 1)
+    widths = _sizes(widths, batch, saliency.device).view(batch, 1, 1)
     check_flag(((heights >= 1) & (heights <= height) & (widths >= 1) & (widths <= width)).all(),
                f"heights and widths (window sizes) must lie in [1, {height}]×[1, {width}]")
     top = _grid(height, saliency.device).view(1, height, 1)
@@ -188,6 +189,16 @@ def window_scores_per_image(saliency: torch.Tensor, heights: torch.Tensor, width
         scores = _box_sums(integral_image(saliency), top, left, (top + heights).clamp(max=height),
                            (left + widths).clamp(max=width))
     return torch.where(valid, scores, torch.zeros_like(scores)), valid
+
+
+def _sizes(sizes: Union[int, torch.Tensor], batch: int, device: torch.device) -> torch.Tensor:
+    """Box sides as int64 (B,) on ``device``: an int for every image, or a tensor of B sides (converted
+    only when its dtype or device differ: no operator call otherwise)."""
+    if not isinstance(sizes, torch.Tensor):
+        return _grid(1, device).new_full((batch,), int(sizes))
+    if sizes.dtype != torch.long or sizes.device != device:
+        sizes = sizes.to(device=device, dtype=torch.long)
+    return sizes.expand(batch) if sizes.ndim == 0 else sizes.reshape(batch)
 
 
 def _box_sums(ii: IntegralImage, top, left, bottom, right) -> torch.Tensor:
@@ -292,7 +303,7 @@ def quantile_bound(scores: torch.Tensor, tau: float, below: bool = True,
         return flat.kthvalue(rank + 1, dim=1).values
     valid = valid.flatten(1)
     ordered = torch.where(valid, flat, torch.full_like(flat, float("inf"))).sort(dim=1).values
-    # p = τ·(count − 1) in exact int64 fixed point: ⌊p⌋ and p's fractional part, then ⌈p⌉ / ⌊p⌋ with the tolerance
+    # p = τ·(count − 1) in exact int64 fixed point: ⌊p⌋ and the fraction, then ⌈p⌉ or ⌊p⌋ (tolerance)
     unit = 1 << _TAU_BITS
     scaled = (valid.sum(dim=1, keepdim=True) - 1).clamp_min(0) * round(tau * unit)
     floor, part = scaled >> _TAU_BITS, scaled & (unit - 1)
@@ -423,7 +434,7 @@ def clipped_box_scores(saliency: torch.Tensor, heights: torch.Tensor, widths: to
     """
     check_maps(saliency, "saliency")
     batch, height, width = saliency.shape
-    heights, widths = heights.to(saliency.device).long().view(batch), widths.to(saliency.device).long().view(batch)
+    heights, widths = _sizes(heights, batch, saliency.device), _sizes(widths, batch, saliency.device)
     if _use_matmul(saliency):
         return _banded_sums(saliency, _per_image_bands(heights, height, True, False),
                             _per_image_bands(widths, width, True, True))
@@ -498,8 +509,24 @@ def select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], widt
     Returns:
         :class:`BoxSample`.
     """
-    check_maps(saliency, "saliency")
-    saliency = unit_scale(saliency)
+    picked = _select_boxes(saliency, heights, widths, tau, below=below, clip=clip, generator=generator,
+                           name="saliency")
+    if isinstance(picked.height, int):  # the fixed-size path leaves the sides as ints (ops use them so)
+        picked = picked._replace(height=torch.full_like(picked.top, picked.height),
+                                 width=torch.full_like(picked.top, picked.width))
+    return picked
+
+
+def _select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], widths: Union[int, torch.Tensor],
+                  tau: float, *, below: bool, clip: bool, generator: Optional[torch.Generator], name: str
+                  ) -> BoxSample:
+    """:func:`select_boxes`; the maps' NaN/inf check comes from the peaks :func:`unit_scale` divides by (an op
+    passes its maps unchecked, ``compute_maps(…, finite=False)``, and ``name`` is the argument the message names).
+    Full windows of one size come back with ``height``/``width`` as ints (no tensor to make)."""
+    check_maps(saliency, name)
+    saliency, peak = unit_scale_with_peak(saliency)
+    if input_checks_enabled() and not torch.compiler.is_compiling():
+        check_flag(torch.isfinite(peak).all(), f"{name} contains NaN or infinite values")
     batch, height, width = saliency.shape
     if not clip and isinstance(heights, int) and isinstance(widths, int):  # one size: plain window sums
         if heights > height or widths > width:
@@ -507,12 +534,10 @@ def select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], widt
                              f"(or use clip=True)")
         scores = window_scores(saliency, (heights, widths))
         picked = sample_windows(scores, quantile_bound(scores, tau, below), below, generator)
-        return BoxSample(picked.top, picked.left, torch.full_like(picked.top, heights),
-                         torch.full_like(picked.top, widths), picked.fallback)
+        return BoxSample(picked.top, picked.left, heights, widths, picked.fallback)  # ints: one size for all
     if clip and isinstance(heights, int) and isinstance(widths, int):
         return _select_clipped_fixed(saliency, heights, widths, tau, below, generator)
-    heights = torch.as_tensor(heights, device=saliency.device).long().expand(batch)
-    widths = torch.as_tensor(widths, device=saliency.device).long().expand(batch)
+    heights, widths = _sizes(heights, batch, saliency.device), _sizes(widths, batch, saliency.device)
     if clip:
         ref_y = _random.randint(0, height, (batch,), saliency.device, generator)
         ref_x = _random.randint(0, width, (batch,), saliency.device, generator)

@@ -404,11 +404,18 @@ def unit_scale(maps: torch.Tensor) -> torch.Tensor:
     flush small values to zero). A zero map stays zero; maps below float32's normal range are scaled
     up by 2^125 at most. Shapes: B×H×W in and out.
     """
+    return unit_scale_with_peak(maps)[0]
+
+
+def unit_scale_with_peak(maps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`unit_scale` and the peaks max |s_b| it scaled by (B×1×1, the maps' dtype after widening;
+    NaN or inf exactly when the map holds one — a finiteness check for free)."""
     if maps.dtype not in (torch.float32, torch.float64):
         maps = maps.float()
-    peak = maps.abs().amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(maps.dtype).tiny)
-    scaled = maps * (torch.frexp(peak).mantissa / peak)
-    return scaled if scaled.dtype == torch.float32 else scaled.float()
+    peak = maps.abs().amax(dim=(1, 2), keepdim=True)
+    tiny = peak.clamp_min(torch.finfo(maps.dtype).tiny)
+    scaled = maps * (torch.frexp(tiny).mantissa / tiny)
+    return (scaled if scaled.dtype == torch.float32 else scaled.float()), peak
 
 
 def normalize_sum(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -710,14 +717,16 @@ def takes_uint8(source: Optional[SaliencySource]) -> bool:
 
 
 def compute_maps(source: Optional[SaliencySource], images: torch.Tensor, targets: Optional[torch.Tensor],
-                 maps: Optional[torch.Tensor], op_name: str) -> torch.Tensor:
-    """Maps for an op call: the precomputed ``maps`` if given, else ``source(images, targets)``; validated."""
+                 maps: Optional[torch.Tensor], op_name: str, *, finite: bool = True) -> torch.Tensor:
+    """Maps for an op call: the precomputed ``maps`` if given, else ``source(images, targets)``; validated
+    (type and shape always; NaN/inf unless ``finite=False``: the caller checks them itself, as
+    :func:`keepmix.regions.select_boxes` does from the peaks it scales by, without another pass)."""
     if maps is None:
         if source is None:
             raise ValueError(f"{op_name} has no saliency source: pass saliency= to the constructor "
                              "or precomputed maps as saliency_maps= to the call")
         maps = source(images, targets)
-    check_maps(maps, "saliency_maps", batch=images.shape[0], size=tuple(images.shape[-2:]), boundary=True)
+    check_maps(maps, "saliency_maps", batch=images.shape[0], size=tuple(images.shape[-2:]), boundary=finite)
     # other dtypes reach float32 through an exact power-of-two rescale: float64 maps beyond float32's range
     # would otherwise become inf, half-precision ones lose their small values
     return maps if maps.dtype == torch.float32 else unit_scale(maps)
