@@ -404,3 +404,19 @@ def test_an_interrupted_experiment_says_how_to_continue():
     line = _interrupted_line("experiment", None)
     assert "rerun the same command to continue" in line
     assert _interrupted_line("eval", None) == "keepmix eval: interrupted"
+
+
+def test_wall_time_groups_are_measured_in_turn_and_judged_from_their_ratios():
+    """The wall-time rows call each group's functions in turn (one per round, after the warm-up), and the
+    verdicts are the issue's targets applied to the medians: GuidedMixup-SR ≤ 5 ms, the selection ≤ 2× Cutout."""
+    import torch
+    from keepmix.benchmark import format_wall_times, measure_interleaved
+    calls = []
+    times = measure_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                torch.device("cpu"), repeats=5, warmup=2)
+    assert calls == ["a", "b"] * 7 and set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+    text = format_wall_times({"guided": 4.0, "naive": 8.0, "cutout": 0.5, "keep": 1.4, "selection": 0.9})
+    assert "4.00 ms (target <= 5 ms" in text and ": ok); 2.0x the naive path" in text
+    assert "selection / Cutout: 1.8x (target <= 2x: ok)" in text and "/ Cutout: 2.8x" in text
+    text = format_wall_times({"guided": 6.0, "naive": 8.0, "cutout": 0.5, "keep": 1.4, "selection": 1.1})
+    assert "MISSED); 1.3x" in text and "selection / Cutout: 2.2x (target <= 2x: MISSED)" in text
