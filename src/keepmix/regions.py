@@ -165,7 +165,9 @@ def window_scores_per_image(saliency: torch.Tensor, heights: torch.Tensor, width
     """Window sums when image b has its own window size (heights[b], widths[b]).
 
     Scores are laid out on the common H×W grid of top-left corners; a corner is
-    valid where the window fits (t ≤ H − h_b, l ≤ W − w_b).
+    valid where the window fits (t ≤ H − h_b, l ≤ W − w_b). Computed as
+    :func:`window_scores` does, with each image's own 0/1 bands (B×H×H and B×W×W), or
+    by gathers from the integral image for maps over 256 px.
 
     Returns:
         ``(scores, valid)``: float32 B×H×W (0 where invalid) and bool B×H×W.
@@ -423,7 +425,8 @@ def clipped_boxes(centre_y: torch.Tensor, centre_x: torch.Tensor, height, width,
 def clipped_box_scores(saliency: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
     """Summed saliency of Cutout-style boxes centred on every pixel, one box size per image.
 
-    ``scores[b, y, x]`` = Σ saliency[b] over :func:`clipped_boxes` ``(y, x, heights[b], widths[b])``.
+    ``scores[b, y, x]`` = Σ saliency[b] over :func:`clipped_boxes` ``(y, x, heights[b], widths[b])``:
+    banded products whose bands are clipped at the border (no padding), as :func:`window_scores`.
 
     Args:
         saliency: B×H×W maps.
@@ -564,7 +567,8 @@ def _clipped_extents(side: int, length: int, device: torch.device) -> torch.Tens
 def _select_clipped_fixed(saliency: torch.Tensor, h: int, w: int, tau: float, below: bool,
                           generator: Optional[torch.Generator]) -> BoxSample:
     """:func:`select_boxes` with ``clip=True`` and one box size: the same candidates and draws, computed
-    from window sums of the zero-padded map and host-computed extents (a few dozen operator calls)."""
+    from centred, border-clipped box sums (cached bands; window sums of the zero-padded map on the integral
+    path) and host-computed extents (a few dozen operator calls)."""
     batch, height, width = saliency.shape
     device = saliency.device
     ref_y = _random.randint(0, height, (batch,), device, generator)
