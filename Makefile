@@ -7,6 +7,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
+.DEFAULT_GOAL := install
 
 .PHONY: install train test bench show clean FORCE
 

@@ -34,14 +34,18 @@ def test_no_host_sync_with_checks_off(name):
 
 @pytest.mark.parametrize("name", PINNED)
 def test_ops_trace_with_fullgraph(name):
-    """Dynamo captures the whole op in one graph (the eager backend checks tracing without codegen)."""
+    """Dynamo captures the whole op in one graph (the eager backend checks tracing without codegen),
+    and never meets a host cache it would trace around ("Dynamo ignores the cache wrapper … silent
+    incorrectness": keepmix's device-constant caches step aside while compiling, keepmix._cache)."""
     import torch._dynamo
     torch._dynamo.reset()
     fn = make_call(name, 8)
-    with input_checks(False), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with input_checks(False), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         out = torch.compile(fn, backend="eager", fullgraph=True)()
     assert isinstance(out, tuple) and out[0].shape[0] == 8
+    cache_warnings = [str(w.message) for w in caught if "lru_cache" in str(w.message)]
+    assert not cache_warnings, cache_warnings[0]
 
 
 @pytest.mark.slow
@@ -86,3 +90,26 @@ def test_greedy_pairing_device_path_equals_the_host_path():
             d = torch.rand(batch, batch, generator=g)
             d = (d * 4).floor() if integer else d                # ties: lowest index wins on both paths
             assert _greedy_order_device(d).tolist() == _greedy_order_numpy(d.numpy()).tolist()
+
+
+def test_device_cache_reuses_eagerly_and_builds_in_the_graph():
+    """Eagerly the constant is made once (the same tensor object); compiled, the function body runs in the
+    trace (no cache lookup Dynamo would ignore) and gives the same values."""
+    import torch._dynamo
+    from keepmix._cache import device_cache
+    made = []
+
+    @device_cache(4)
+    def ramp(n, device):
+        made.append(n)
+        return torch.arange(n, device=device, dtype=torch.float32)
+
+    first, again = ramp(5, torch.device("cpu")), ramp(5, torch.device("cpu"))
+    assert first is again and made == [5]
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = torch.compile(lambda x: x + ramp(5, x.device), backend="eager", fullgraph=True)(torch.zeros(5))
+    assert torch.equal(out, first)
+    assert not [w for w in caught if "lru_cache" in str(w.message)]
+    assert ramp.cache_info().currsize == 1

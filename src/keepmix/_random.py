@@ -11,10 +11,11 @@ at 1/32 speed).
 
 from __future__ import annotations
 
-import functools
 from typing import Optional, Sequence
 
 import torch
+
+from ._cache import device_cache
 
 
 def _source(generator: Optional[torch.Generator], device: torch.device):
@@ -93,7 +94,7 @@ def beta(alpha: float, beta_: float, shape: Sequence[int], device,
     return _deliver(draw[..., 0], device)
 
 
-@functools.lru_cache(maxsize=64)
+@device_cache(64)
 def _constant(values, device: torch.device) -> torch.Tensor:
     """A small float32 constant made once per (values, device): no tensor creation per call."""
     with torch.inference_mode(False), torch.no_grad():

@@ -19,7 +19,6 @@ KeepAugment's selective cut. There is deliberately no ``KeepGridMask``: see
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from typing import Optional, Sequence, Tuple, Union
@@ -27,6 +26,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 
 from . import _random
+from ._cache import device_cache
 from ._checks import SizeLike, check_probability, check_range, check_size
 from .protocol import Batch, Op, Stats, restore_dtype, to_float
 from .regions import box_masks
@@ -40,13 +40,13 @@ def _check_count(value, name: str) -> int:
     return int(value)
 
 
-@functools.lru_cache(maxsize=64)
+@device_cache(64)
 def _int_table(values: Tuple[int, ...], device: torch.device) -> torch.Tensor:
     with torch.inference_mode(False), torch.no_grad():
         return torch.tensor(values, dtype=torch.long, device=device)
 
 
-@functools.lru_cache(maxsize=64)
+@device_cache(64)
 def _channel_fill(values: Tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A per-channel fill as a cached 1×C×1×1 tensor (no tensor creation per call)."""
     with torch.inference_mode(False), torch.no_grad():

@@ -12,13 +12,13 @@ point: image i is mixed with image ``partner[i]``.
 
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import numpy as np
 import torch
 
 from . import _random
+from ._cache import device_cache
 from ._checks import check_finite, check_generator, check_maps
 
 
@@ -41,7 +41,7 @@ def saliency_distance(maps: torch.Tensor) -> torch.Tensor:
     return flat.new_zeros((batch, batch)).index_put_((rows, cols), pairs).index_put_((cols, rows), pairs)
 
 
-@functools.lru_cache(maxsize=32)
+@device_cache(32)
 def _upper_pairs(batch: int, device: torch.device):
     """(rows, cols) of the strict upper triangle in ``torch.pdist``'s order, made once per (B, device)."""
     with torch.inference_mode(False), torch.no_grad():

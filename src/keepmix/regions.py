@@ -26,7 +26,6 @@ at once:
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple, Optional, Tuple, Union
 
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _random
+from ._cache import device_cache
 from ._checks import (SizeLike, check_flag, check_generator, check_maps, check_probability, check_size,
                       input_checks_enabled)
 from .saliency import unit_scale_with_peak
@@ -122,7 +122,7 @@ def _use_matmul(saliency: torch.Tensor) -> bool:
     return torch.compiler.is_compiling() or torch.get_float32_matmul_precision() == "highest"
 
 
-@functools.lru_cache(maxsize=256)
+@device_cache(256)
 def _box_matrix(outputs: int, n: int, length: int, shift: int, device: torch.device,
                 transpose: bool = False) -> torch.Tensor:
     """The 0/1 band that sums boxes along one axis: float32 outputs×n (n×outputs if ``transpose``);
@@ -152,7 +152,7 @@ def _per_image_bands(sizes: torch.Tensor, n: int, centred: bool, transpose: bool
     return ((offset >= 0) & (offset < sizes)).float()
 
 
-@functools.lru_cache(maxsize=64)
+@device_cache(64)
 def _offsets(n: int, device: torch.device, transpose: bool) -> torch.Tensor:
     """int64 n×n, [i, r] = r − i (transposed: [r, i] = r − i); made once per arguments."""
     with torch.inference_mode(False), torch.no_grad():
@@ -372,7 +372,7 @@ def sample_windows(scores: torch.Tensor, threshold: torch.Tensor, below: bool = 
     return WindowSample(index // n_w, index % n_w, fallback)
 
 
-@functools.lru_cache(maxsize=128)
+@device_cache(128)
 def _grid(n: int, device: torch.device) -> torch.Tensor:
     """0 … n−1 (int64) on ``device``, made once per (n, device): no arange launch per call
     (its ``view`` is a launch too: callers reshape the other operand instead where they can)."""
@@ -380,7 +380,7 @@ def _grid(n: int, device: torch.device) -> torch.Tensor:
         return torch.arange(n, device=device)
 
 
-@functools.lru_cache(maxsize=32)
+@device_cache(32)
 def _constant(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A 0-d tensor made once per (value, dtype, device): no launch per call."""
     with torch.inference_mode(False), torch.no_grad():
@@ -556,7 +556,7 @@ def _select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], wid
     return BoxSample(top, left, box_h, box_w, picked.fallback)
 
 
-@functools.lru_cache(maxsize=128)
+@device_cache(128)
 def _clipped_extents(side: int, length: int, device: torch.device) -> torch.Tensor:
     """The clipped extent of a ``length`` box centred on each of ``side`` positions (host-computed, cached)."""
     extents = [min(c - length // 2 + length, side) - max(c - length // 2, 0) for c in range(side)]

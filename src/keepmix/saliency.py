@@ -38,7 +38,6 @@ global RNG (an op's maps, and so its output, are bit-identical per seed).
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 
 from typing import Callable, Optional, Tuple, Union
@@ -48,6 +47,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from . import _random
+from ._cache import device_cache
 from ._checks import check_flag, check_generator, check_images, check_maps, check_positive, check_targets
 from .convert import check_mean_std, normalize_images
 
@@ -268,7 +268,7 @@ def _filter_taps(kernel_size: int, sigma: float) -> Tuple[float, ...]:
     return tuple(t / total for t in taps)
 
 
-@functools.lru_cache(maxsize=64)
+@device_cache(64)
 def _filter_matrix(n: int, taps: Tuple[float, ...], mode: str, dtype: torch.dtype, device: torch.device
                    ) -> torch.Tensor:
     """The n×n matrix M of a 1-d filter with padding folded in: ``(x @ M)[j] = Σ_t taps[t]·x[src(j + t − pad)]``,
@@ -360,7 +360,7 @@ def gaussian_kernel1d(kernel_size: int, sigma: float, *, device=None, dtype=torc
                    else torch.device("cpu"))
 
 
-@functools.lru_cache(maxsize=128)
+@device_cache(128)
 def _cached(values: Tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A small constant tensor made once per (values, dtype, device): no tensor creation per call."""
     with torch.inference_mode(False), torch.no_grad():
