@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import keepmix.regions as regions
 from keepmix.regions import (box_masks, centred_window_scores, integral_image, quantile_bound, quantile_threshold,
-                             sample_windows, window_scores, window_scores_per_image)
+                             sample_windows, select_boxes, window_scores, window_scores_per_image)
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -495,3 +495,83 @@ def test_select_boxes_on_a_float16_map_equals_the_map_widened_to_float32():
         a = select_boxes(half, 3, 3, 0.3, below=False, generator=torch.Generator().manual_seed(seed))
         b = select_boxes(half.float(), 3, 3, 0.3, below=False, generator=torch.Generator().manual_seed(seed))
         assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+# ---- the selection's fixed-point grid: exact window sums, true ties (reported by a breaker, as kinds)
+
+@pytest.mark.parametrize("path", ["matmul", "integral"])
+def test_flat_maps_tie_exactly_and_fall_back_to_uniform_cuts(monkeypatch, path):
+    """A constant map (0.1: not a power of two, so float sums in different orders would differ) gives
+    every window the same score: every image falls back, and the draw reaches all 81 positions."""
+    if path == "integral":
+        monkeypatch.setattr(regions, "_MATMUL_LIMIT", 0)
+    maps = torch.full((2000, 32, 32), 0.1)
+    picked = select_boxes(maps, 24, 24, 0.6, generator=torch.Generator().manual_seed(0))
+    assert picked.fallback.all()
+    assert len(set(zip(picked.top.tolist(), picked.left.tolist()))) == 81   # P(miss one) ≈ 1e-9
+
+
+def _grid_scores(maps, size):
+    q, _ = regions.selection_grid(maps, size[0] * size[1])
+    return window_scores(q, size)
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+@pytest.mark.parametrize("shape,size", [((2, 2, 200), (1, 50)), ((16, 32, 32), (8, 8)), ((3, 256, 256), (7, 9)),
+                                        ((2, 9, 1), (4, 1))])
+def test_selection_scores_do_not_depend_on_the_batch_or_threads(shape, size, threads):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        maps = _maps(*shape, seed=7)
+        whole = _grid_scores(maps, size)
+        for b in range(shape[0]):
+            assert torch.equal(whole[b:b + 1], _grid_scores(maps[b:b + 1], size))
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("shape,size", [((3, 40, 40), (16, 16)), ((2, 31, 17), (8, 5)), ((4, 32, 32), (1, 1))])
+def test_selection_scores_are_exact_integers_equal_on_both_paths(monkeypatch, shape, size, brute_window_sums):
+    maps = _maps(*shape, seed=3) * 1e-3 - 2e-4                      # signed, not a power of two
+    q, _ = regions.selection_grid(maps, size[0] * size[1])
+    assert torch.equal(q, q.round()) and q.abs().max() < 2 ** (24 - np.ceil(np.log2(size[0] * size[1])))
+    fast = window_scores(q, size)
+    np.testing.assert_array_equal(fast.double().numpy(), brute_window_sums(q.double().numpy(), *size))
+    monkeypatch.setattr(regions, "_MATMUL_LIMIT", 0)
+    assert torch.equal(window_scores(q, size), fast)
+
+
+def test_pixels_below_the_grid_step_count_as_zero_and_the_spike_is_never_cut():
+    """300 px (the integral path): a 1e-14 ramp under a unit spike is below the grid (2^−16 of the peak for
+    16×16 windows), so those windows tie at 0 and the cut falls back among them — never onto the spike."""
+    maps = (torch.arange(300.0).view(1, 1, 300).expand(1, 300, 300) * 1e-16).clone()
+    maps[0, 0, 0] = 1.0
+    for seed in range(20):
+        picked = select_boxes(maps, 16, 16, 0.6, generator=torch.Generator().manual_seed(seed))
+        assert picked.fallback.all() and (picked.top[0] > 0 or picked.left[0] > 0)
+
+
+def test_masked_quantile_bound_is_exact_for_millions_of_windows():
+    scores = torch.arange(3_000_001, dtype=torch.float32).view(1, -1)     # p = 0.6 · 3 000 000, whole
+    everywhere = torch.ones_like(scores, dtype=torch.bool)
+    for below in (True, False):
+        assert quantile_bound(scores, 0.6, below, everywhere).item() == quantile_bound(scores, 0.6, below).item()
+    assert quantile_bound(scores, 0.6, True).item() == 1_800_000.0
+
+
+def test_huge_clipped_boxes_score_without_padding_the_map(integral_path):
+    maps = _maps(2, 257, 257, seed=1)
+    huge = select_boxes(maps, 20000, 6000, 0.6, clip=True, generator=torch.Generator().manual_seed(0))
+    cover = select_boxes(maps, 515, 515, 0.6, clip=True, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(huge.top, cover.top) and torch.equal(huge.left, cover.left)
+    assert (huge.height == 257).all() and (huge.width == 257).all()
+
+
+def test_valid_masks_of_the_wrong_kind_are_refused():
+    scores = torch.rand(2, 4, 4)
+    for bad in (torch.ones(2, 4, 4), torch.ones(2, 16, dtype=torch.bool)):
+        with pytest.raises(ValueError, match="valid"):
+            quantile_bound(scores, 0.5, True, bad)
+        with pytest.raises(ValueError, match="valid"):
+            sample_windows(scores, torch.zeros(2), True, None, bad)

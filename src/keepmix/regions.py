@@ -263,8 +263,8 @@ def quantile_threshold(scores: torch.Tensor, tau: float, valid: Optional[torch.T
 #: p = τ(n − 1) within this of a whole number is taken as whole (decimal τ: 0.6·5 is 3.0000000000000004 in
 #: binary); the order statistic then needs no interpolation
 _WHOLE_TOLERANCE = 1e-6
-#: fixed-point bits of τ for per-image counts (exact int64 products for up to 2^23 windows)
-_TAU_BITS = 40
+#: fixed-point bits of τ for per-image counts (two int64 products of 30 bits each: exact for counts below 2^31)
+_TAU_BITS = 60
 
 
 def quantile_bound(scores: torch.Tensor, tau: float, below: bool = True,
@@ -297,21 +297,31 @@ def quantile_bound(scores: torch.Tensor, tau: float, below: bool = True,
     if not isinstance(scores, torch.Tensor) or scores.ndim < 2:
         raise ValueError("scores must be a tensor B×… with one row of window scores per image")
     flat = scores.flatten(1)
-    flat = flat if flat.dtype == torch.float32 else flat.float()
+    if valid is not None:
+        if not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool or valid.shape != scores.shape:
+            raise ValueError(f"valid must be a bool tensor of the scores' shape {tuple(scores.shape)}")
+        valid = valid.flatten(1)
+    return _bound(flat if flat.dtype == torch.float32 else flat.float(), tau, below, valid).squeeze(1)
+
+
+def _bound(flat: torch.Tensor, tau: float, below: bool, valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """:func:`quantile_bound` of B×n float32 scores (``valid`` B×n bool or None), as B×1."""
     if valid is None:  # one count for every image: one selection, no sort
         pos = tau * (flat.shape[1] - 1)
         whole = round(pos)
         rank = whole if abs(pos - whole) <= _WHOLE_TOLERANCE else (math.ceil(pos) if below else math.floor(pos))
-        return flat.kthvalue(rank + 1, dim=1).values
-    valid = valid.flatten(1)
+        return flat.kthvalue(rank + 1, dim=1, keepdim=True).values
     ordered = torch.where(valid, flat, torch.full_like(flat, float("inf"))).sort(dim=1).values
-    # p = τ·(count − 1) in exact int64 fixed point: ⌊p⌋ and the fraction, then ⌈p⌉ or ⌊p⌋ (tolerance)
-    unit = 1 << _TAU_BITS
-    scaled = (valid.sum(dim=1, keepdim=True) - 1).clamp_min(0) * round(tau * unit)
-    floor, part = scaled >> _TAU_BITS, scaled & (unit - 1)
-    tolerance = round(_WHOLE_TOLERANCE * unit)
-    rank = floor + (part > tolerance) if below else floor + (part >= unit - tolerance)
-    return ordered.gather(1, rank).squeeze(1)
+    # p = τ·(count − 1) in exact int64 fixed point: τ ≈ T/2^60 (error ≤ 2^−61) split as T = T_hi·2^30 + T_lo,
+    # so both products stay below 2^62 for counts below 2^31; then ⌊p⌋, the fraction to 2^−30, and ⌈p⌉ or ⌊p⌋
+    bits, mask = _TAU_BITS // 2, (1 << (_TAU_BITS // 2)) - 1
+    t = round(tau * (1 << _TAU_BITS))
+    last = (valid.sum(dim=1, keepdim=True) - 1).clamp_min(0)
+    fixed = last * (t >> bits) + ((last * (t & mask)) >> bits)  # p · 2^30 (the dropped bits < 2^−30 of p)
+    part = fixed & mask
+    tolerance = round(_WHOLE_TOLERANCE * (1 << bits))
+    rank = (fixed >> bits) + (part > tolerance if below else part >= (1 << bits) - tolerance)
+    return ordered.gather(1, rank)
 
 
 class WindowSample(NamedTuple):
@@ -351,10 +361,17 @@ def sample_windows(scores: torch.Tensor, threshold: torch.Tensor, below: bool = 
     batch, _, n_w = scores.shape
     if not isinstance(threshold, torch.Tensor) or threshold.shape != (batch,):
         raise ValueError(f"threshold must be a tensor of shape ({batch},)")
+    if valid is not None and (not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool
+                              or valid.shape != scores.shape):
+        raise ValueError(f"valid must be a bool tensor of the scores' shape {tuple(scores.shape)}")
     flat = scores.flatten(1)
     thr = (threshold if threshold.dtype == flat.dtype else threshold.to(flat.dtype)).unsqueeze(1)
-    if valid is not None:
-        valid = valid.flatten(1)
+    return _sample(flat, thr, n_w, below, generator, None if valid is None else valid.flatten(1))
+
+
+def _sample(flat: torch.Tensor, thr: torch.Tensor, n_w: int, below: bool, generator: Optional[torch.Generator],
+            valid: Optional[torch.Tensor]) -> WindowSample:
+    """:func:`sample_windows` on B×n scores with B×1 thresholds (``valid`` B×n or None)."""
     # strictly below (above) the threshold; where no valid score is, at or below (above) it instead —
     # for finite floats s ≤ t ⟺ s < nextafter(t, +∞), so both are one comparison with a moved bound
     side = float("inf") if below else float("-inf")
@@ -520,6 +537,35 @@ def select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], widt
     return picked
 
 
+#: float32 holds every integer up to 2^24 exactly: the window sums of the selection stay below it
+_EXACT_BITS = 24
+
+
+def selection_grid(saliency: torch.Tensor, area: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Maps rounded to the fixed-point grid on which every window sum of up to ``area`` pixels is exact.
+
+    ``q = round(s · 2^(m − e_b))`` with max|s_b| = μ·2^(e_b) (½ ≤ μ < 1) and
+    m = 24 − ⌈log₂ area⌉: |q| < 2^m, so any sum of at most ``area`` of them, and every partial sum
+    on the way, is an integer below 2^24 — exact in float32 whatever order a matrix product or a
+    prefix sum adds them in. Window scores computed from q are therefore the same on both sum
+    paths, for any batch composition and any thread count, and equal windows tie exactly (a flat
+    map gives every window the same score, so the selection falls back to a uniform draw). The
+    grid step is 2^(−m) of the map's peak (2^−16 for a 16×16 window, 2^−14 for any window of a
+    32×32 map): pixels below half a step count as 0. Powers of two scale the map, so the grid,
+    and the choice, do not depend on the map's scale.
+
+    Args:
+        saliency: B×H×W float maps (float32 or float64; other dtypes are widened).
+        area: the largest number of pixels a window sums (≥ 1).
+
+    Returns:
+        ``(q, peak)``: float32 B×H×W integer-valued maps, and the peaks max|s_b| (B×1×1; NaN or inf
+        exactly when the map holds one).
+    """
+    scaled, peak = unit_scale_with_peak(saliency)  # a new tensor: |s| < 1
+    return scaled.mul_(2.0 ** (_EXACT_BITS - math.ceil(math.log2(max(area, 1))))).round_(), peak
+
+
 def _select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], widths: Union[int, torch.Tensor],
                   tau: float, *, below: bool, clip: bool, generator: Optional[torch.Generator], name: str
                   ) -> BoxSample:
@@ -527,16 +573,21 @@ def _select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], wid
     passes its maps unchecked, ``compute_maps(…, finite=False)``, and ``name`` is the argument the message names).
     Full windows of one size come back with ``height``/``width`` as ints (no tensor to make)."""
     check_maps(saliency, name)
-    saliency, peak = unit_scale_with_peak(saliency)
+    batch, height, width = saliency.shape
+    if isinstance(heights, int) and isinstance(widths, int):  # the largest window (clipped: inside the map)
+        area = max(min(heights, height), 1) * max(min(widths, width), 1)
+    else:
+        area = height * width
+    saliency, peak = selection_grid(saliency, area)
     if input_checks_enabled() and not torch.compiler.is_compiling():
         check_flag(torch.isfinite(peak).all(), f"{name} contains NaN or infinite values")
-    batch, height, width = saliency.shape
     if not clip and isinstance(heights, int) and isinstance(widths, int):  # one size: plain window sums
         if heights > height or widths > width:
             raise ValueError(f"size ({heights}, {widths}) must fit inside the {height}×{width} maps "
                              f"(or use clip=True)")
         scores = window_scores(saliency, (heights, widths))
-        picked = sample_windows(scores, quantile_bound(scores, tau, below), below, generator)
+        flat = scores.flatten(1)
+        picked = _sample(flat, _bound(flat, tau, below, None), scores.shape[2], below, generator, None)
         return BoxSample(picked.top, picked.left, heights, widths, picked.fallback)  # ints: one size for all
     if clip and isinstance(heights, int) and isinstance(widths, int):
         return _select_clipped_fixed(saliency, heights, widths, tau, below, generator)
@@ -548,7 +599,8 @@ def _select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], wid
         valid = same_clipped_shape(ref_y, ref_x, heights, widths, (height, width))
     else:
         scores, valid = window_scores_per_image(saliency, heights, widths)
-    picked = sample_windows(scores, quantile_bound(scores, tau, below, valid), below, generator, valid)
+    flat, valid = scores.flatten(1), valid.flatten(1)
+    picked = _sample(flat, _bound(flat, tau, below, valid), scores.shape[2], below, generator, valid)
     if clip:
         top, left, box_h, box_w = clipped_boxes(picked.top, picked.left, heights, widths, (height, width))
     else:
@@ -573,16 +625,19 @@ def _select_clipped_fixed(saliency: torch.Tensor, h: int, w: int, tau: float, be
     device = saliency.device
     ref_y = _random.randint(0, height, (batch,), device, generator)
     ref_x = _random.randint(0, width, (batch,), device, generator)
+    # a box of 2H + 1 rows or more covers every row from any centre: score with that length (no huge pad)
+    sh, sw = min(h, 2 * height + 1), min(w, 2 * width + 1)
     if _use_matmul(saliency):  # B×H×W, indexed by the box centre
-        scores = _banded_sums(saliency, _box_matrix(height, height, h, h // 2, device),
-                              _box_matrix(width, width, w, w // 2, device, transpose=True))
+        scores = _banded_sums(saliency, _box_matrix(height, height, sh, sh // 2, device),
+                              _box_matrix(width, width, sw, sw // 2, device, transpose=True))
     else:  # clipped parts of the zero-padded map sum to 0
-        scores = window_scores(F.pad(saliency, (w // 2, w - 1 - w // 2, h // 2, h - 1 - h // 2)), (h, w))
+        scores = window_scores(F.pad(saliency, (sw // 2, sw - 1 - sw // 2, sh // 2, sh - 1 - sh // 2)), (sh, sw))
     rows, cols = _clipped_extents(height, h, device), _clipped_extents(width, w, device)
     same_rows = rows == rows.index_select(0, ref_y).unsqueeze(1)  # B×H
     same_cols = cols == cols.index_select(0, ref_x).unsqueeze(1)  # B×W
     valid = same_rows.unsqueeze(2) & same_cols.unsqueeze(1)
-    picked = sample_windows(scores, quantile_bound(scores, tau, below, valid), below, generator, valid)
+    flat, valid = scores.flatten(1), valid.flatten(1)
+    picked = _sample(flat, _bound(flat, tau, below, valid), scores.shape[2], below, generator, valid)
     top, left = (picked.top - h // 2).clamp_min(0), (picked.left - w // 2).clamp_min(0)
     return BoxSample(top, left, rows.index_select(0, picked.top), cols.index_select(0, picked.left),
                      picked.fallback)
