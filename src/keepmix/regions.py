@@ -47,9 +47,11 @@ class IntegralImage(NamedTuple):
     m·2^e_b, ½ ≤ m < 1) and k = 61 − ⌈log₂(HW + 1)⌉, so |q| < 2^k and no sum can overflow.
     The scaling is by powers of two, so integer-valued maps are represented exactly, and any
     window sum is the exact integer difference of four entries, turned back into float32 by
-    :meth:`values`: accurate to float32 rounding for every window, small or large (a float32
+    :meth:`values`: each pixel is rounded to 2^(e_b − k) (about 2^−61·HW of the peak, absolute),
+    then every window, small or large, is exact up to float32 rounding of its total (a float32
     prefix sum would lose the small windows next to a large running total), with no float64
-    on the device. ``down``: B×1×1 float32 factor 2^(e_b − k), applied in two steps.
+    on the device. Maps already on :func:`selection_grid` are represented exactly. ``down``: B×1×1
+    float32 factor 2^(e_b − k), applied in two steps.
     """
     table: torch.Tensor
     down_a: torch.Tensor
@@ -513,7 +515,9 @@ def select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], widt
     Among the candidates the box is drawn uniformly from those whose summed
     saliency (KeepAugment's Eq. 1) lies strictly below (above) the τ-quantile
     of the candidates' scores (:func:`quantile_bound`, the same split as :func:`quantile_threshold`;
-    :func:`sample_windows`).
+    :func:`sample_windows`). The sums are taken on the maps rounded to :func:`selection_grid`, where
+    every window sum is exact: equal windows tie, and the scores do not depend on the sum path, the
+    rest of the batch or the thread count.
 
     Fairness: the erased shape never depends on the map, so with an
     information-free map (constant: every candidate ties, so the draw is uniform
