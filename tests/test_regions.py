@@ -575,3 +575,25 @@ def test_valid_masks_of_the_wrong_kind_are_refused():
             quantile_bound(scores, 0.5, True, bad)
         with pytest.raises(ValueError, match="valid"):
             sample_windows(scores, torch.zeros(2), True, None, bad)
+
+
+def test_bad_box_sides_and_empty_candidates_are_refused():
+    maps = torch.rand(2, 8, 8)
+    for sides, error in ((-1, ValueError), (0, ValueError), (2.5, TypeError), ("3", TypeError), (True, TypeError),
+                         (torch.tensor([3.0, 3.0]), TypeError), (torch.tensor([3, 3, 3]), ValueError),
+                         (torch.tensor([3, 0]), ValueError), (torch.tensor([3, -2]), ValueError)):
+        for clip in (False, True):
+            with pytest.raises(error, match="heights"):
+                select_boxes(maps, sides, 3, 0.5, clip=clip)
+    with pytest.raises(ValueError, match="widths"):
+        regions.clipped_box_scores(maps, torch.tensor([3, 3]), torch.tensor([3, 3, 3]))
+    with pytest.raises(ValueError, match="at least one pixel"):
+        select_boxes(torch.rand(2, 0, 8), 1, 1, 0.5)
+    scores, valid = torch.rand(2, 3, 3), torch.ones(2, 3, 3, dtype=torch.bool)
+    valid[1] = False
+    with pytest.raises(ValueError, match="valid"):
+        sample_windows(scores, torch.zeros(2), True, None, valid)
+    with pytest.raises(ValueError, match="valid"):
+        quantile_bound(scores, 0.5, True, valid)
+    with pytest.raises(ValueError, match="threshold"):
+        sample_windows(scores, torch.tensor([0.5, float("nan")]))

@@ -139,6 +139,8 @@ def check_maps(maps, name: str = "saliency", *, batch: Optional[int] = None,
         raise ValueError(f"{name} must have 3 dimensions (B×H×W), got shape {tuple(maps.shape)}")
     if not maps.is_floating_point():
         raise TypeError(f"{name} must be floating point, got {maps.dtype}")
+    if maps.shape[1] == 0 or maps.shape[2] == 0:
+        raise ValueError(f"{name} must have at least one pixel (H, W ≥ 1), got shape {tuple(maps.shape)}")
     if batch is not None and maps.shape[0] != batch:
         raise ValueError(f"{name} must hold {batch} maps (one per image), got {maps.shape[0]}")
     if size is not None and tuple(maps.shape[1:]) != tuple(size):

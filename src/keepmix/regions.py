@@ -303,6 +303,7 @@ def quantile_bound(scores: torch.Tensor, tau: float, below: bool = True,
         if not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool or valid.shape != scores.shape:
             raise ValueError(f"valid must be a bool tensor of the scores' shape {tuple(scores.shape)}")
         valid = valid.flatten(1)
+        check_flag(valid.any(dim=1).all(), "valid must mark at least one score per image")
     return _bound(flat if flat.dtype == torch.float32 else flat.float(), tau, below, valid).squeeze(1)
 
 
@@ -366,6 +367,9 @@ def sample_windows(scores: torch.Tensor, threshold: torch.Tensor, below: bool = 
     if valid is not None and (not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool
                               or valid.shape != scores.shape):
         raise ValueError(f"valid must be a bool tensor of the scores' shape {tuple(scores.shape)}")
+    check_flag(torch.isfinite(threshold).all(), "threshold must be finite")
+    if valid is not None:
+        check_flag(valid.flatten(1).any(dim=1).all(), "valid must mark at least one window per image")
     flat = scores.flatten(1)
     thr = (threshold if threshold.dtype == flat.dtype else threshold.to(flat.dtype)).unsqueeze(1)
     return _sample(flat, thr, n_w, below, generator, None if valid is None else valid.flatten(1))
@@ -456,6 +460,7 @@ def clipped_box_scores(saliency: torch.Tensor, heights: torch.Tensor, widths: to
     """
     check_maps(saliency, "saliency")
     batch, height, width = saliency.shape
+    _check_sides(heights, widths, batch)
     heights, widths = _sizes(heights, batch, saliency.device), _sizes(widths, batch, saliency.device)
     if _use_matmul(saliency):
         return _banded_sums(saliency, _per_image_bands(heights, height, True, False),
@@ -533,6 +538,8 @@ def select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], widt
     Returns:
         :class:`BoxSample`.
     """
+    if isinstance(saliency, torch.Tensor) and saliency.ndim == 3:  # otherwise _select_boxes names the fault
+        _check_sides(heights, widths, saliency.shape[0])
     picked = _select_boxes(saliency, heights, widths, tau, below=below, clip=clip, generator=generator,
                            name="saliency")
     if isinstance(picked.height, int):  # the fixed-size path leaves the sides as ints (ops use them so)
@@ -568,6 +575,22 @@ def selection_grid(saliency: torch.Tensor, area: int) -> Tuple[torch.Tensor, tor
     """
     scaled, peak = unit_scale_with_peak(saliency)  # a new tensor: |s| < 1
     return scaled.mul_(2.0 ** (_EXACT_BITS - math.ceil(math.log2(max(area, 1))))).round_(), peak
+
+
+def _check_sides(heights, widths, batch: int) -> None:
+    """Box sides for the public functions: ints ≥ 1, or integer tensors of B (or one) sides ≥ 1."""
+    for name, sides in (("heights", heights), ("widths", widths)):
+        if isinstance(sides, torch.Tensor):
+            if sides.dtype == torch.bool or sides.is_floating_point() or sides.is_complex():
+                raise TypeError(f"{name} must be an integer tensor of box sides, got {sides.dtype}")
+            if sides.numel() not in (1, batch) or sides.ndim > 1:
+                raise ValueError(f"{name} must hold one side per map ({batch},) or one for all, "
+                                 f"got shape {tuple(sides.shape)}")
+            check_flag((sides >= 1).all(), f"{name} (box sides) must be ≥ 1")
+        elif isinstance(sides, bool) or not isinstance(sides, int):
+            raise TypeError(f"{name} must be an int or an integer tensor, got {type(sides).__name__}")
+        elif sides < 1:
+            raise ValueError(f"{name} (box side) must be ≥ 1, got {sides}")
 
 
 def _select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], widths: Union[int, torch.Tensor],
