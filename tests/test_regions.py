@@ -535,7 +535,7 @@ def test_selection_scores_do_not_depend_on_the_batch_or_threads(shape, size, thr
 def test_selection_scores_are_exact_integers_equal_on_both_paths(monkeypatch, shape, size, brute_window_sums):
     maps = _maps(*shape, seed=3) * 1e-3 - 2e-4                      # signed, not a power of two
     q, _ = regions.selection_grid(maps, size[0] * size[1])
-    assert torch.equal(q, q.round()) and q.abs().max() < 2 ** (24 - np.ceil(np.log2(size[0] * size[1])))
+    assert torch.equal(q, q.round()) and q.abs().max() <= 2 ** (24 - np.ceil(np.log2(size[0] * size[1])))
     fast = window_scores(q, size)
     np.testing.assert_array_equal(fast.double().numpy(), brute_window_sums(q.double().numpy(), *size))
     monkeypatch.setattr(regions, "_MATMUL_LIMIT", 0)

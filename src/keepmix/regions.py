@@ -548,7 +548,7 @@ def select_boxes(saliency: torch.Tensor, heights: Union[int, torch.Tensor], widt
     return picked
 
 
-#: float32 holds every integer up to 2^24 exactly: the window sums of the selection stay below it
+#: float32 holds every integer up to 2^24 exactly: the window sums of the selection stay within it
 _EXACT_BITS = 24
 
 
@@ -556,8 +556,8 @@ def selection_grid(saliency: torch.Tensor, area: int) -> Tuple[torch.Tensor, tor
     """Maps rounded to the fixed-point grid on which every window sum of up to ``area`` pixels is exact.
 
     ``q = round(s · 2^(m − e_b))`` with max|s_b| = μ·2^(e_b) (½ ≤ μ < 1) and
-    m = 24 − ⌈log₂ area⌉: |q| < 2^m, so any sum of at most ``area`` of them, and every partial sum
-    on the way, is an integer below 2^24 — exact in float32 whatever order a matrix product or a
+    m = 24 − ⌈log₂ area⌉: |q| ≤ 2^m, so any sum of at most ``area`` of them, and every partial sum
+    on the way, is an integer of at most 2^24 — exact in float32 whatever order a matrix product or a
     prefix sum adds them in. Window scores computed from q are therefore the same on both sum
     paths, for any batch composition and any thread count, and equal windows tie exactly (a flat
     map gives every window the same score, so the selection falls back to a uniform draw). The
