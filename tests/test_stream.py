@@ -334,3 +334,23 @@ def test_loader_choice_rules():
                          limit_bytes=limit) == "stream"
     with pytest.raises(ValueError, match="resized"):
         choose_loader("memory", in_memory=False, num_images=1, image_size=8, crop="resized", limit_bytes=limit)
+
+
+def test_workers_of_a_distributed_rank_start_from_a_fork_server():
+    """A rank runs store, gloo and heartbeat threads; a worker forked from it can deadlock inside fork (a hang
+    seen in CI: CPython's after-fork thread-state lock held by another thread), so its loaders use a fork
+    server; outside a distributed job the default start method stays."""
+    import multiprocessing
+    import torch.distributed as dist
+    from keepmix.data import stream
+    assert not stream._threaded_fork_hazard()
+    plain = stream._data_loader(list(range(4)), 2, None, 1, False, None, False)
+    assert plain.multiprocessing_context is None
+    if not dist.is_available() or multiprocessing.get_start_method() != "fork":
+        pytest.skip("needs torch.distributed and the fork start method")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        loader = stream._data_loader(list(range(4)), 2, None, 1, False, None, False)
+        assert loader.multiprocessing_context.get_start_method() == "forkserver"
+    finally:
+        dist.destroy_process_group()

@@ -175,6 +175,13 @@ def _check_workers(num_workers) -> int:
     return int(num_workers)
 
 
+def _threaded_fork_hazard() -> bool:
+    """True where workers would be forked from a distributed rank (Linux's default start method is fork)."""
+    import multiprocessing
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized() and multiprocessing.get_start_method() == "fork"
+
+
 def _data_loader(dataset: Dataset, batch_size: int, sampler, num_workers: int, pin_memory: bool,
                  prefetch_factor: Optional[int], persistent: bool) -> DataLoader:
     extra: Dict[str, Any] = {}
@@ -182,6 +189,11 @@ def _data_loader(dataset: Dataset, batch_size: int, sampler, num_workers: int, p
         extra["persistent_workers"] = persistent
         if prefetch_factor is not None:
             extra["prefetch_factor"] = int(prefetch_factor)
+        if _threaded_fork_hazard():
+            # a distributed rank runs store, gloo and heartbeat threads: forking it can deadlock the child
+            # (CPython takes the interpreter's thread-state lock after fork, which another thread may hold);
+            # a fork server forks from its own single-threaded process instead
+            extra["multiprocessing_context"] = "forkserver"
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate_with_geometry, pin_memory=pin_memory, drop_last=False, **extra)
 
